@@ -1,0 +1,1 @@
+"""kvmmu: a model of KVM's MMIO-SPTE cache and its invalidation."""

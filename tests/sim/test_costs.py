@@ -25,7 +25,7 @@ from kvmmu.sim.costs import (
 
 
 def test_every_step_maps_to_known_cost_names() -> None:
-    assert {s.name for s in Step} == set(STEP_COSTS)
+    assert {s.name for s in Step} <= set(STEP_COSTS)
     used = {name for parts in STEP_COSTS.values() for name, _ in parts}
     assert used <= set(COST_NAMES)
     assert set(DRIVER_COSTS) <= set(COST_NAMES)

@@ -53,8 +53,7 @@ class Step(IntEnum):
     WALK_SHADOW_PAGE = 24  # one shadow page visited by a walk under mmu_lock
     FREE_SHADOW_PAGE = 25  # kvm_mmu_commit_zap_page(): one page freed
     BUMP_MMU_VALID_GEN = 26  # kvm_mmu_zap_all_fast(): kvm->arch.mmu_valid_gen++ and reload
-    LOCK_BREAK = 27  # cond_resched_rwlock_write(): drop and re-take mmu_lock in a long walk
-    WRITE_PROTECT = 28  # kvm_mmu_slot_remove_write_access(): one SPTE made read-only
+    WRITE_PROTECT = 27  # kvm_mmu_slot_remove_write_access(): one SPTE made read-only
 
 
 #: Steps at which a thread may wait for another: a driver asks the VM whether they can proceed.
@@ -63,7 +62,7 @@ BLOCKING_STEPS = frozenset({Step.MMU_LOCK, Step.SRCU_SYNC})
 T = TypeVar("T")
 
 #: The type of every protocol generator: yields steps, returns its result.
-Protocol = Generator[Step, None, T]
+Steps = Generator[Step, None, T]
 
 
 def run_to_completion(gen: Generator[Step, None, T]) -> T:

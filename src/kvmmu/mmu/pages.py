@@ -1,0 +1,241 @@
+"""Shadow pages: the 4-level direct map, the active list, roots and the zap primitives.
+
+Design. A direct (TDP-style) MMU maps guest-physical frames through four levels of 512-entry
+tables.  Each table is a :class:`ShadowPage` (``struct kvm_mmu_page``) holding its 512 SPTE words;
+a non-leaf SPTE carries the child's (model) host-physical address as the hardware would, and a
+parallel ``children`` list lets the walk follow it without a lookup.  Pages live on an active list
+(``kvm->arch.active_mmu_pages``; a dict in creation order, oldest first, as
+``kvm_zap_obsolete_pages()`` walks it) and carry the ``mmu_valid_gen`` they were created in, so that
+``kvm_mmu_zap_all_fast()`` can make every page obsolete with one increment and free them lazily.
+
+Zapping is written in the steppable protocol: every SPTE cleared, page visited or page freed yields
+a step, because the MMIO fast path reads SPTEs without ``mmu_lock`` and may run in between.
+
+Simplifications, said once: zapping a page zaps its children too (the kernel leaves parentless
+children on the active list for reuse through the page hash; on a direct map they are never reached
+again before their own zap); roots are shared by all vCPUs of an address space, as direct roots with
+equal roles are in the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from kvmmu.mmu.steps import Step, Steps
+from kvmmu.spte import (
+    SPTE_LARGE,
+    SPTE_PRESENT,
+    SPTE_WRITABLE,
+    SPTES_PER_PAGE,
+    GenerationLayout,
+    MmioSpteCodec,
+    make_nonleaf_spte,
+)
+from kvmmu.sync import MmuLock
+
+ROOT_LEVEL: Final = 4
+#: ``BATCH_ZAP_PAGES``: obsolete pages freed between two breaks of ``mmu_lock``.
+BATCH_ZAP_PAGES: Final = 10
+
+
+class ShadowPage:
+    """``struct kvm_mmu_page`` of a direct map: one 512-entry table at ``level`` covering ``gfn``."""
+
+    __slots__ = ("as_id", "children", "gfn", "hpa", "level", "mmio_cached", "mmu_valid_gen",
+                 "nr_mmio", "parent", "parent_index", "spt")
+
+    def __init__(self, hpa: int, gfn: int, level: int, as_id: int, mmu_valid_gen: int,
+                 parent: ShadowPage | None, parent_index: int) -> None:
+        self.hpa = hpa
+        self.gfn = gfn  # first gfn this table translates (role.direct: sp->gfn)
+        self.level = level
+        self.as_id = as_id
+        self.mmu_valid_gen = mmu_valid_gen
+        self.spt: list[int] = [0] * SPTES_PER_PAGE
+        self.children: list[ShadowPage | None] = [None] * SPTES_PER_PAGE
+        self.parent = parent
+        self.parent_index = parent_index
+        self.mmio_cached = False  # sticky, as sp->mmio_cached: set when an MMIO SPTE is installed
+        self.nr_mmio = 0  # MMIO SPTEs currently in spt (for statistics)
+
+    def gfn_of(self, index: int) -> int:
+        """First gfn translated by entry ``index``."""
+        return self.gfn + (index << (9 * (self.level - 1)))
+
+    def __repr__(self) -> str:
+        return f"ShadowPage(l{self.level} gfn {self.gfn:#x} gen {self.mmu_valid_gen})"
+
+
+@dataclass(slots=True)
+class MmuStats:
+    """VM-wide MMU counters, named like KVM's where KVM has one (``struct kvm_vm_stat``)."""
+
+    mmu_cache_miss: int = 0  # shadow pages allocated
+    mmu_shadow_zapped: int = 0  # shadow pages zapped
+    mmio_sptes_zapped: int = 0
+    sptes_zapped: int = 0
+    invalidation_pages_walked: int = 0
+    invalidation_sptes_walked: int = 0
+    zap_all_fast: int = 0
+    generation_wraps: int = 0
+    sptes_write_protected: int = 0
+    root_allocations: int = 0
+    memslot_updates: int = 0
+
+
+@dataclass(slots=True)
+class Mmu:
+    """``kvm->arch``'s MMU part: the active list, ``mmu_valid_gen``, roots and ``mmu_lock``."""
+
+    layout: GenerationLayout
+    codec: MmioSpteCodec
+    lock: MmuLock = field(default_factory=MmuLock)
+    mmu_valid_gen: int = 0
+    active: dict[int, ShadowPage] = field(default_factory=dict)
+    roots: dict[int, ShadowPage] = field(default_factory=dict)
+    stats: MmuStats = field(default_factory=MmuStats)
+    next_hpa: int = 0x1000
+    #: (as_id << 52 | gfn) of every gfn that ever had a leaf SPTE, to count refaults.
+    ever_mapped: set[int] = field(default_factory=set)
+
+    def alloc_page(self, gfn: int, level: int, as_id: int, parent: ShadowPage | None,
+                   index: int) -> ShadowPage:
+        """``kvm_mmu_alloc_shadow_page()``: a new page on the active list (a cache miss)."""
+        sp = ShadowPage(self.next_hpa, gfn, level, as_id, self.mmu_valid_gen, parent, index)
+        self.next_hpa += 0x1000
+        self.active[sp.hpa] = sp
+        self.stats.mmu_cache_miss += 1
+        if parent is not None:
+            parent.spt[index] = make_nonleaf_spte(sp.hpa, self.layout)
+            parent.children[index] = sp
+        return sp
+
+    def is_obsolete(self, sp: ShadowPage) -> bool:
+        """``is_obsolete_sp()``: created before the last ``kvm_mmu_zap_all_fast()``."""
+        return sp.mmu_valid_gen != self.mmu_valid_gen
+
+    def root_for(self, as_id: int) -> tuple[ShadowPage, bool]:
+        """``mmu_alloc_root()`` under ``mmu_lock``: the shared root of ``as_id`` and whether new."""
+        root = self.roots.get(as_id)
+        if root is not None and not self.is_obsolete(root) and root.hpa in self.active:
+            return root, False
+        root = self.alloc_page(0, ROOT_LEVEL, as_id, None, 0)
+        self.roots[as_id] = root
+        self.stats.root_allocations += 1
+        return root, True
+
+    def clear_spte(self, sp: ShadowPage, index: int) -> None:
+        """``mmu_spte_clear_track_bits()`` / ``drop_spte()``: one leaf or link SPTE to zero."""
+        old = sp.spt[index]
+        if not old:
+            return
+        if self.codec.is_mmio(old):
+            sp.nr_mmio -= 1
+            self.stats.mmio_sptes_zapped += 1
+        sp.spt[index] = 0
+        self.stats.sptes_zapped += 1
+
+    def unlink(self, sp: ShadowPage) -> list[ShadowPage]:
+        """``kvm_mmu_prepare_zap_page()``: detach ``sp`` and its subtree; returns the pages freed.
+
+        The caller yields one :attr:`Step.FREE_SHADOW_PAGE` per returned page.
+        """
+        parent = sp.parent
+        if parent is not None and parent.children[sp.parent_index] is sp:
+            parent.spt[sp.parent_index] = 0
+            parent.children[sp.parent_index] = None
+        freed: list[ShadowPage] = []
+        stack = [sp]
+        while stack:
+            page = stack.pop()
+            if self.active.pop(page.hpa, None) is None:
+                continue
+            freed.append(page)
+            self.stats.mmu_shadow_zapped += 1
+            self.stats.mmio_sptes_zapped += page.nr_mmio
+            page.nr_mmio = 0
+            stack.extend(c for c in page.children if c is not None)
+        for root_as, root in list(self.roots.items()):
+            if root.hpa not in self.active:
+                del self.roots[root_as]
+        return freed
+
+    def zap_all_fast(self, who: object) -> Steps[int]:
+        """``kvm_mmu_zap_all_fast()``: obsolete every page with one increment, free them lazily.
+
+        Returns the number of pages freed.  vCPUs reload their roots before their next guest
+        entry (``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``); the walk from the oldest page drops the lock
+        every ``BATCH_ZAP_PAGES`` pages (``cond_resched_rwlock_write``).
+        """
+        yield from self.lock.acquire(who)
+        yield Step.BUMP_MMU_VALID_GEN
+        self.mmu_valid_gen += 1
+        self.stats.zap_all_fast += 1
+        self.roots.clear()
+        freed_total = 0
+        batch = 0
+        for sp in list(self.active.values()):
+            if not self.is_obsolete(sp) or sp.hpa not in self.active:
+                continue
+            if sp.parent is not None and sp.parent.hpa in self.active:
+                continue  # freed with its obsolete parent
+            for _page in self.unlink(sp):
+                yield Step.FREE_SHADOW_PAGE
+                freed_total += 1
+                batch += 1
+                if batch >= BATCH_ZAP_PAGES:
+                    batch = 0
+                    yield from self.lock.release(who)
+                    yield from self.lock.acquire(who)
+        yield from self.lock.release(who)
+        return freed_total
+
+    def pages_in_gfn_range(self, start: int, end: int, max_level: int) -> list[ShadowPage]:
+        """Pages at ``level <= max_level`` whose coverage meets ``[start, end)`` (an rmap stand-in)."""
+        out = []
+        for sp in self.active.values():
+            if sp.level <= max_level:
+                span = 1 << (9 * sp.level)
+                if sp.gfn < end and start < sp.gfn + span and not self.is_obsolete(sp):
+                    out.append(sp)
+        return out
+
+    def zap_gfn_range(self, who: object, start: int, end: int, as_id: int) -> Steps[int]:
+        """``kvm_mmu_zap_memslot_leafs()``: zap the RAM leaves mapping gfns in ``[start, end)``."""
+        yield from self.lock.acquire(who)
+        zapped = 0
+        codec = self.codec
+        for sp in self.pages_in_gfn_range(start, end, 2):
+            if sp.as_id != as_id:
+                continue
+            for i, spte in enumerate(sp.spt):
+                if not spte or codec.is_mmio(spte):
+                    continue
+                is_leaf = sp.level == 1 or bool(spte & SPTE_LARGE)
+                g = sp.gfn_of(i)
+                span = 1 << (9 * (sp.level - 1))
+                if is_leaf and g < end and start < g + span:
+                    yield Step.ZAP_SPTE
+                    self.clear_spte(sp, i)
+                    zapped += 1
+        yield from self.lock.release(who)
+        return zapped
+
+    def write_protect_range(self, who: object, start: int, end: int, as_id: int) -> Steps[int]:
+        """``kvm_mmu_slot_remove_write_access()``: make the RAM leaves in the range read-only."""
+        yield from self.lock.acquire(who)
+        n = 0
+        for sp in self.pages_in_gfn_range(start, end, 2):
+            if sp.as_id != as_id:
+                continue
+            for i, spte in enumerate(sp.spt):
+                if (spte & SPTE_PRESENT and spte & SPTE_WRITABLE and not self.codec.is_mmio(spte)
+                        and (sp.level == 1 or spte & SPTE_LARGE)
+                        and start <= sp.gfn_of(i) < end):
+                    yield Step.WRITE_PROTECT
+                    sp.spt[i] = spte & ~SPTE_WRITABLE
+                    n += 1
+        self.stats.sptes_write_protected += n
+        yield from self.lock.release(who)
+        return n

@@ -1,0 +1,83 @@
+"""``mmu_lock`` and SRCU: the two synchronisation objects the protocol waits on.
+
+Design. Both are written against the steppable protocol (``kvmmu.mmu.steps``): acquiring
+``mmu_lock`` and waiting for an SRCU grace period are generators that yield a blocking step and
+re-check their condition when resumed.  A plain run never finds them blocked (it runs one thread to
+completion at a time); the timed simulation lets waiters burn time; the explorer asks
+:meth:`MmuLock.is_blocked` / :meth:`Srcu.is_blocked` so that it never schedules a useless spin.
+
+Kernel counterparts: ``kvm->mmu_lock`` (an rwlock on x86 since 5.12, used for write here: the model
+has no TDP-MMU read-side faults) and ``kvm->srcu`` with ``srcu_read_lock()`` held by a vCPU across an
+exit's handling and ``synchronize_srcu_expedited()`` in ``kvm_swap_active_memslots()``.  The SRCU
+model is the classic "wait for every reader that started before the grace period began".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmmu.mmu.steps import Step, Steps
+
+
+@dataclass(slots=True)
+class MmuLock:
+    """``kvm->mmu_lock``: at most one holder; counts acquisitions and contended attempts."""
+
+    holder: object | None = None
+    acquisitions: int = 0
+    contended: int = 0
+
+    def acquire(self, who: object) -> Steps[None]:
+        """``write_lock(&kvm->mmu_lock)``: spin until free."""
+        while True:
+            yield Step.MMU_LOCK
+            if self.holder is None:
+                self.holder = who
+                self.acquisitions += 1
+                return
+            self.contended += 1
+
+    def release(self, who: object) -> Steps[None]:
+        """``write_unlock(&kvm->mmu_lock)``."""
+        yield Step.MMU_UNLOCK
+        if self.holder is not who:
+            raise RuntimeError(f"mmu_lock released by {who!r} but held by {self.holder!r}")
+        self.holder = None
+
+    def is_blocked(self) -> bool:
+        return self.holder is not None
+
+
+@dataclass(slots=True)
+class Srcu:
+    """``kvm->srcu``: readers record the epoch they entered in; a grace period waits them out."""
+
+    readers: dict[object, int] = field(default_factory=dict)
+    epoch: int = 0
+    #: epoch of the grace period being waited for, or None.
+    waiting_for: int | None = None
+    grace_periods: int = 0
+
+    def read_lock(self, who: object) -> None:
+        self.readers[who] = self.epoch
+
+    def read_unlock(self, who: object) -> None:
+        self.readers.pop(who, None)
+
+    def synchronize(self) -> Steps[None]:
+        """``synchronize_srcu_expedited()``: wait until every reader from before has left."""
+        self.epoch += 1
+        target = self.epoch
+        self.waiting_for = target
+        while True:
+            yield Step.SRCU_SYNC
+            if not self._has_readers_before(target):
+                self.waiting_for = None
+                self.grace_periods += 1
+                return
+
+    def _has_readers_before(self, target: int) -> bool:
+        return any(e < target for e in self.readers.values())
+
+    def is_blocked(self) -> bool:
+        return self.waiting_for is not None and self._has_readers_before(self.waiting_for)

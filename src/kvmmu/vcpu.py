@@ -1,0 +1,71 @@
+"""The vCPU a user holds: guest accesses, plain or steppable.
+
+Design. ``Vcpu`` is a thin handle over ``VcpuArch`` (the MMU's per-vCPU state) and the shared
+protocol in ``kvmmu.mmu.faults``: :meth:`Vcpu.access` runs one access to completion,
+:meth:`Vcpu.access_steps` returns the same access as a generator for a scheduler to interleave.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from kvmmu.mmu.faults import Outcome, VcpuArch, VcpuStats, access
+from kvmmu.mmu.steps import Steps, run_to_completion
+from kvmmu.spte import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from kvmmu.vm import VM
+
+ACCESS_SIZES: Final = (1, 2, 4, 8)
+
+
+class Vcpu:
+    """One virtual CPU of a :class:`~kvmmu.vm.VM`."""
+
+    __slots__ = ("arch", "vm")
+
+    def __init__(self, vm: VM, vcpu_id: int) -> None:
+        self.vm = vm
+        self.arch = VcpuArch(vcpu_id)
+
+    @property
+    def id(self) -> int:
+        return self.arch.id
+
+    @property
+    def stats(self) -> VcpuStats:
+        return self.arch.stats
+
+    @property
+    def as_id(self) -> int:
+        """The memslot address space the vCPU is in (1: SMM, when the VM has two)."""
+        return self.arch.as_id
+
+    @as_id.setter
+    def as_id(self, value: int) -> None:
+        if not 0 <= value < self.vm.kvm.memslots.nr_as:
+            raise ValueError(f"address space {value} does not exist in this VM")
+        if value != self.arch.as_id:
+            self.arch.as_id = value
+            self.arch.root = None  # a different role: kvm_mmu_reset_context()
+            self.arch.mmio_gfn = 0
+
+    def access_steps(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
+                     emulated: bool = False) -> Steps[Outcome]:
+        """The access as a protocol generator: yields a Step before each shared access."""
+        if size not in ACCESS_SIZES:
+            raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size}")
+        if not 0 <= gpa < (1 << self.vm.kvm.phys_bits):
+            raise ValueError(f"gpa {gpa:#x} is beyond the {self.vm.kvm.phys_bits}-bit "
+                             "guest physical address width")
+        if (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE:
+            raise ValueError(f"access at gpa {gpa:#x} of {size} bytes crosses a page")
+        return access(self.vm.kvm, self.arch, gpa, write, size, value, emulated)
+
+    def access(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
+               emulated: bool = False) -> Outcome:
+        """Perform one guest access and return what the guest observed and how."""
+        return run_to_completion(self.access_steps(gpa, write, size, value, emulated))
+
+    def __repr__(self) -> str:
+        return f"Vcpu({self.id}, as={self.as_id})"

@@ -1,0 +1,245 @@
+"""The VM a user holds: memslots, vCPUs, devices, strategy, oracle, statistics, tracing.
+
+Design. ``VM`` assembles the layers below it (SPTE codec, memslot state, MMU, strategy hooks,
+oracle) and offers the ioctl-shaped API a VMM would use: ``set_user_memory_region`` with the
+kernel's errno, ``get_dirty_log``, ``create_vcpu``.  Each operation that the kernel runs
+concurrently with vCPUs also exists as a generator (``*_steps``) for the timed simulation and the
+interleaving explorer; the plain method drives that same generator to completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any, Final
+
+from kvmmu.devices import MmioBus, MmioDevice
+from kvmmu.errors import KvmError
+from kvmmu.hostmem import HostMemory
+from kvmmu.memslots import (
+    KVM_USER_MEM_SLOTS,
+    Change,
+    MemoryRegionRequest,
+    Memslot,
+    MemslotState,
+    plan_memory_region,
+    set_memory_region,
+)
+from kvmmu.mmu.context import Kvm
+from kvmmu.mmu.faults import VcpuArch
+from kvmmu.mmu.invalidation import Strategy, X86Arch, resolve_strategy
+from kvmmu.mmu.pages import Mmu, ShadowPage
+from kvmmu.mmu.steps import Step, Steps, run_to_completion
+from kvmmu.oracle import Oracle
+from kvmmu.spte import LAYOUTS, MmioSpteCodec, ept_mmio_mask, shadow_mmio_mask
+from kvmmu.sync import Srcu
+from kvmmu.trace import Tracer
+from kvmmu.vcpu import Vcpu
+
+MMU_KINDS: Final = ("ept", "shadow")
+#: The design note's "start 150 below the wrap value" (2013: offset; 2014: memslots gen = -150).
+WRAP_HEADROOM: Final = 150
+
+
+class VMM:
+    """The VMM thread's identity as a lock owner (it issues memslot updates)."""
+
+    def __repr__(self) -> str:
+        return "VMM"
+
+
+class VM:
+    """A model VM.
+
+    Parameters: ``strategy`` (a name from ``STRATEGIES``, optionally ``+variant``); ``layout``
+    (``"2013"``, ``"2014"``, ``"modern"``; default: the strategy's era); ``address_spaces`` (1, or 2
+    with SMM); ``oracle`` (check every access) and ``strict`` (raise on the first violation);
+    ``phys_bits`` (guest physical address width, ``kvm_mmu_max_gfn``: 52 with shadow paging as on
+    this project's machines); ``mmu`` (``"ept"`` or ``"shadow"``: which MMIO marker) and
+    ``maxphyaddr`` (host, for the shadow marker); ``slot_zap`` (``"all"``: the default
+    ``KVM_X86_QUIRK_SLOT_ZAP_ALL``; ``"slot"``: quirk disabled); ``large_pages`` (2 MiB leaves);
+    ``start_near_wrap`` (True: 150 below the wrap; an int: that far below; default: as the era did,
+    i.e. 2013/2014 yes, modern no); ``mmio_gen_bits`` (compare fewer generation bits, so that an
+    explorer reaches the wrap quickly); ``mmio_caching`` (``kvm.mmio_caching``); ``trace``.
+    """
+
+    def __init__(self, strategy: str | Strategy = "generation", *, layout: str | None = None,
+                 address_spaces: int = 1, oracle: bool = True, strict: bool = False,
+                 phys_bits: int = 52, mmu: str = "ept", maxphyaddr: int = 46,
+                 slot_zap: str = "all", large_pages: bool = False,
+                 start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
+                 mmio_caching: bool = True, nr_memslots: int = KVM_USER_MEM_SLOTS,
+                 trace: bool | Tracer = False) -> None:
+        self.strategy = resolve_strategy(strategy)
+        layout_name = layout or self.strategy.layout
+        if layout_name not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout_name!r}; choose from {', '.join(LAYOUTS)}")
+        spte_layout = LAYOUTS[layout_name]
+        marker_era = "modern" if layout_name == "modern" else "2013"
+        if mmu == "ept":
+            marker = ept_mmio_mask(marker_era)
+        elif mmu == "shadow":
+            marker = shadow_mmio_mask(marker_era, maxphyaddr)
+        else:
+            raise ValueError(f"mmu must be one of {', '.join(MMU_KINDS)}, not {mmu!r}")
+        if not mmio_caching:
+            marker = replace(marker, caching=False)
+        if not 20 <= phys_bits <= 52:
+            raise ValueError(f"phys_bits must be 20..52, not {phys_bits}")
+        gen_mask = spte_layout.gen_mask
+        if mmio_gen_bits is not None:
+            if not 2 <= mmio_gen_bits <= spte_layout.gen_bits:
+                raise ValueError(f"mmio_gen_bits must be 2..{spte_layout.gen_bits}")
+            gen_mask = (1 << mmio_gen_bits) - 1
+        if start_near_wrap is None:
+            below: int | None = WRAP_HEADROOM if self.strategy.era != "modern" else None
+        elif start_near_wrap is True:
+            below = WRAP_HEADROOM
+        elif start_near_wrap is False:
+            below = None
+        else:
+            below = int(start_near_wrap)
+        if below is not None and below > gen_mask:
+            below = below % (gen_mask + 1) or gen_mask + 1
+        self.nr_memslots = nr_memslots
+        self.bus = MmioBus()
+        self.host_memory = HostMemory()
+        tracer = trace if isinstance(trace, Tracer) else (Tracer() if trace else None)
+        self.kvm = Kvm(
+            strategy=self.strategy,
+            memslots=MemslotState.create(self.strategy.era, address_spaces, gen_mask=gen_mask,
+                                         start_below_wrap=below),
+            srcu=Srcu(),
+            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker)),
+            host_memory=self.host_memory,
+            gen_mask=gen_mask,
+            phys_bits=phys_bits,
+            large_pages=large_pages,
+            mmio_dispatch=self.bus.dispatch,
+            trace=tracer,
+        )
+        self.vmm = VMM()
+        self.arch = X86Arch(self.kvm, slot_zap, self.vmm)
+        self.oracle: Oracle | None = Oracle(self.kvm, strict) if oracle else None
+        if self.oracle is not None:
+            self.kvm.on_access = self.oracle.check_access
+        self.vcpus: list[Vcpu] = []
+
+    # --- the ioctls ------------------------------------------------------------------------
+    def set_user_memory_region_steps(self, slot: int, flags: int, guest_phys_addr: int,
+                                     memory_size: int, userspace_addr: int = 0
+                                     ) -> Steps[Change]:
+        """``KVM_SET_USER_MEMORY_REGION`` as a protocol generator (raises at the first step)."""
+        request = MemoryRegionRequest(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        plan = plan_memory_region(request, self.kvm.memslots, phys_bits=self.kvm.phys_bits,
+                                  nr_memslots=self.nr_memslots)
+        if plan.change is not Change.NONE:
+            self.kvm.mmu.stats.memslot_updates += 1
+        yield from set_memory_region(self.kvm.memslots, self.arch, self.kvm.srcu, plan)
+        return plan.change
+
+    def set_user_memory_region(self, slot: int, flags: int, guest_phys_addr: int,
+                               memory_size: int, userspace_addr: int = 0) -> Change:
+        """``KVM_SET_USER_MEMORY_REGION``: returns the change made; raises :class:`KvmError`."""
+        return run_to_completion(self.set_user_memory_region_steps(
+            slot, flags, guest_phys_addr, memory_size, userspace_addr))
+
+    def get_dirty_log(self, slot: int) -> bytes:
+        """``KVM_GET_DIRTY_LOG``: the slot's bitmap, cleared by the read (pages re-protected)."""
+        as_id, slot_id = (slot >> 16) & 0xFFFF, slot & 0xFFFF
+        if as_id >= self.kvm.memslots.nr_as or slot_id >= self.nr_memslots:
+            raise KvmError("EINVAL", f"slot {slot:#x} does not name a memslot")
+        memslot = self.kvm.memslots.active[as_id].by_id.get(slot_id)
+        if memslot is None or memslot.dirty_bitmap is None:
+            raise KvmError("ENOENT", f"slot {slot_id} has no dirty log "
+                           "(missing, or KVM_MEM_LOG_DIRTY_PAGES is off)")
+        bitmap = bytes(memslot.dirty_bitmap)
+        memslot.dirty_bitmap[:] = bytes(len(bitmap))
+        if any(bitmap):
+            run_to_completion(self.kvm.mmu.write_protect_range(
+                self.vmm, memslot.base_gfn, memslot.end_gfn, as_id))
+        return bitmap
+
+    def create_vcpu(self) -> Vcpu:
+        """``KVM_CREATE_VCPU``."""
+        vcpu = Vcpu(self, len(self.vcpus))
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def register_device(self, base: int, size: int, device: MmioDevice) -> None:
+        """Put an in-kernel device on the MMIO bus (its accesses complete without an exit)."""
+        self.bus.register(base, size, device)
+
+    # --- for drivers ------------------------------------------------------------------------
+    def is_blocked(self, step: Step) -> bool:
+        """Whether a thread that yielded ``step`` would only wait if resumed now."""
+        if step is Step.MMU_LOCK:
+            return self.kvm.mmu.lock.is_blocked()
+        if step is Step.SRCU_SYNC:
+            return self.kvm.srcu.is_blocked()
+        return False
+
+    def check_state(self) -> list[Any]:
+        """The oracle's state invariant now (empty when the oracle is off)."""
+        if self.oracle is None:
+            return []
+        return self.oracle.check_state(v.arch for v in self.vcpus)
+
+    def memslots(self, as_id: int = 0) -> list[Memslot]:
+        return list(self.kvm.memslots.active[as_id])
+
+    @property
+    def generation(self) -> int:
+        """The memslot generation of address space 0 (``kvm_memslots(kvm)->generation``)."""
+        return self.kvm.memslots.active[0].generation
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """VM-wide counters: the MMU's, the sum of every vCPU's, ``mmu_lock`` and the oracle's."""
+        out = asdict(self.kvm.mmu.stats)
+        for vcpu in self.vcpus:
+            for k, v in asdict(vcpu.stats).items():
+                out[k] = out.get(k, 0) + v
+        lock = self.kvm.mmu.lock
+        out["mmu_lock_acquisitions"] = lock.acquisitions
+        out["mmu_lock_contended"] = lock.contended
+        out["shadow_pages"] = len(self.kvm.mmu.active)
+        out["srcu_grace_periods"] = self.kvm.srcu.grace_periods
+        out["oracle_checked"] = self.oracle.checked if self.oracle else 0
+        out["oracle_violations"] = self.oracle.count if self.oracle else 0
+        return out
+
+    def state_key(self) -> tuple[Any, ...]:
+        """A hashable digest of all shared state (for an explorer's visited set).
+
+        Shadow pages are named by (as, level, gfn, mmu_valid_gen), not by their model address, so
+        that two schedules that built the same tables in another order hash alike.
+        """
+        kvm = self.kvm
+        mmu = kvm.mmu
+
+        def page_name(sp: ShadowPage | None) -> tuple[int, ...] | None:
+            if sp is None:
+                return None
+            return (sp.as_id, sp.level, sp.gfn, sp.mmu_valid_gen)
+
+        pages = []
+        for sp in mmu.active.values():
+            entries = tuple((i, page_name(c) if c is not None else s)
+                            for i, (s, c) in enumerate(zip(sp.spt, sp.children, strict=True))
+                            if s or c is not None)
+            pages.append((page_name(sp), entries))
+        pages.sort(key=repr)
+        slots = tuple((s.generation, tuple((m.id, m.base_gfn, m.npages, m.flags,
+                                            m.userspace_addr, m.invalid) for m in s))
+                      for s in kvm.memslots.active)
+        vcpus = tuple((v.arch.as_id, page_name(v.arch.root), v.arch.mmio_gfn, v.arch.mmio_gen)
+                      for v in self.vcpus)
+        lock = mmu.lock.holder
+        holder = lock.id if isinstance(lock, VcpuArch) else (-1 if lock is not None else None)
+        waiting = kvm.srcu.waiting_for
+        readers = tuple(sorted((r.id if isinstance(r, VcpuArch) else -1,
+                                waiting is not None and e < waiting)
+                               for r, e in kvm.srcu.readers.items()))
+        memory = tuple(sorted((p, bytes(b)) for p, b in self.host_memory.pages.items()))
+        return (slots, kvm.memslots.updating, mmu.mmu_valid_gen, tuple(pages), vcpus, holder,
+                readers, waiting is not None, memory)

@@ -155,6 +155,8 @@ class DeviceSpec:
     size: Size
     weight: Annotated[float, Field(gt=0.0)] = 1.0
     write_fraction: Fraction = 0.5
+    #: Emulated by an in-kernel device (no exit to userspace), like KVM's IOAPIC or ioeventfd.
+    in_kernel: bool = False
 
     def __post_init__(self) -> None:
         _check(self.size > 0, "size", "must be > 0")
@@ -298,6 +300,9 @@ class Scenario:
                 "vcpu.rom_fraction",
                 "rom_fraction > 0 needs a slot with role = 'rom'",
             )
+        devs = sorted((d.gpa, d.gpa + d.size, d.name) for d in self.devices)
+        for (_, end, a), (start, _, b) in itertools.pairwise(devs):
+            _check(end <= start, "devices", f"device {a} overlaps device {b}")
         if self.vcpu.mmio_fraction > 0:
             _check(len(self.devices) > 0, "vcpu.mmio_fraction", "> 0 needs [[devices]]")
 

@@ -25,9 +25,11 @@ from kvmmu.sim.workloads.schema import Flag, OpName, Scenario, VmmOp
 KVM_MEM_LOG_DIRTY_PAGES = 1
 KVM_MEM_READONLY = 2
 _FLAG_BITS = {"dirty-log": KVM_MEM_LOG_DIRTY_PAGES, "readonly": KVM_MEM_READONLY}
-#: Host addresses: each slot (and bank) gets its own, far from the others.
-_HVA_BASE = 1 << 46
-_HVA_STRIDE = 1 << 41
+#: Host addresses are handed out from here, 2 MiB aligned, one range per (slot, bank, size).
+_HVA_BASE = 1 << 32
+_HVA_ALIGN = 2 << 20
+#: Banks per slot: a remap cycles through this many host ranges (dosemu2's VGA has 19 banks).
+BANKS = 19
 
 
 def flag_bits(flags: tuple[Flag, ...]) -> int:
@@ -49,6 +51,9 @@ class Action:
     size: int | None = None
     flags: int = 0
     serial: int = 0  # how many times this op was issued before: picks a move target or a bank
+    #: From the random mix: becomes a create when the slot is missing and a delete when a
+    #: create finds it present, so that most of the mix is valid.
+    adapt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +87,7 @@ def _expand(op: VmmOp, order: int) -> Iterator[tuple[int, int, int, Action]]:
         yield time, order, k, Action(time, op.op, slot, gpa, op.size, flag_bits(op.flags), serial)
 
 
-def _random_ops(
-    scenario: Scenario, seed: int, order: int
-) -> Iterator[tuple[int, int, int, Action]]:
+def _random_ops(scenario: Scenario, seed: int, order: int) -> Iterator[tuple[int, int, int, Action]]:
     spec = scenario.random
     if spec is None:
         return
@@ -98,7 +101,8 @@ def _random_ops(
         gpa = spec.gpa + i * spec.size
         if op == "move":  # to a free place above the range, or back
             gpa = spec.gpa + (spec.slots.count + rng.randrange(spec.slots.count)) * spec.size
-        yield time, order, k, Action(time, op, spec.slots.first + i, gpa, spec.size, 0, k)
+        action = Action(time, op, spec.slots.first + i, gpa, spec.size, 0, k, adapt=True)
+        yield time, order, k, action
 
 
 def schedule(scenario: Scenario, seed: int) -> Iterator[Action]:
@@ -112,37 +116,45 @@ def schedule(scenario: Scenario, seed: int) -> Iterator[Action]:
 class VmmState:
     """The VMM's own map of its memslots: slot -> (gpa, size, flags, host address)."""
 
-    __slots__ = ("slots",)
+    __slots__ = ("_hvas", "_next_hva", "slots")
 
     def __init__(self) -> None:
         self.slots: dict[int, Region] = {}
+        self._hvas: dict[tuple[int, int, int], int] = {}
+        self._next_hva = _HVA_BASE
+
+    def _hva(self, slot: int, bank: int, size: int) -> int:
+        """A host range for ``slot``'s ``bank`` (stable, so a remap cycles through banks)."""
+        key = (slot, bank % BANKS, size)
+        hva = self._hvas.get(key)
+        if hva is None:
+            hva = self._next_hva
+            self._next_hva += -(-size // _HVA_ALIGN) * _HVA_ALIGN
+            self._hvas[key] = hva
+        return hva
 
     def initial(self, scenario: Scenario) -> list[Region]:
         """The requests that set up the scenario's starting memslots (RAM first)."""
         g = scenario.guest
-        regions = [
-            Region(g.ram_slot, flag_bits(g.ram_flags), g.ram_base, g.memory, _hva(g.ram_slot, 0))
-        ]
+        ram = Region(
+            g.ram_slot, flag_bits(g.ram_flags), g.ram_base, g.memory, self._hva(g.ram_slot, 0, g.memory)
+        )
+        regions = [ram]
         for s in scenario.slots:
             flags = flag_bits(s.flags) | (KVM_MEM_READONLY if s.role == "rom" else 0)
-            regions.append(Region(s.id, flags, s.gpa, s.size, _hva(s.id, 0)))
+            regions.append(Region(s.id, flags, s.gpa, s.size, self._hva(s.id, 0, s.size)))
         return regions
 
     def requests(self, action: Action) -> list[Region]:
         """The region requests that carry out ``action`` given what the VMM believes exists."""
         cur = self.slots.get(action.slot)
         op = action.op
+        if action.adapt and (cur is None) != (op == "create"):
+            op = "create" if cur is None else "delete"
         if op == "create":
             assert action.gpa is not None and action.size is not None
-            return [
-                Region(
-                    action.slot,
-                    action.flags,
-                    action.gpa,
-                    action.size,
-                    _hva(action.slot, action.serial),
-                )
-            ]
+            hva = self._hva(action.slot, action.serial, action.size)
+            return [Region(action.slot, action.flags, action.gpa, action.size, hva)]
         if cur is None:  # nothing to act on: issue the delete anyway, the model refuses it
             return [Region(action.slot, 0, action.gpa or 0, 0, 0)]
         if op == "delete":
@@ -150,17 +162,16 @@ class VmmState:
         if op == "move":
             gpa = action.gpa if action.gpa is not None else cur.guest_phys_addr
             return [Region(cur.slot, cur.flags, gpa, cur.memory_size, cur.userspace_addr)]
-        if op == "remap":  # a new bank / shadow copy: same gpa, another host address
-            hva = _hva(cur.slot, action.serial + 1)
+        if op == "remap":  # the next bank / shadow copy: same gpa, another host range
+            hva = self._hva(cur.slot, action.serial + 1, cur.memory_size)
             return [
                 Region(cur.slot, cur.flags, cur.guest_phys_addr, 0, cur.userspace_addr),
                 Region(cur.slot, cur.flags, cur.guest_phys_addr, cur.memory_size, hva),
             ]
-        bits = (
-            cur.flags | KVM_MEM_LOG_DIRTY_PAGES
-            if op == "dirty-log-on"
-            else (cur.flags & ~KVM_MEM_LOG_DIRTY_PAGES)
-        )
+        if op == "dirty-log-on":
+            bits = cur.flags | KVM_MEM_LOG_DIRTY_PAGES
+        else:
+            bits = cur.flags & ~KVM_MEM_LOG_DIRTY_PAGES
         return [Region(cur.slot, bits, cur.guest_phys_addr, cur.memory_size, cur.userspace_addr)]
 
     def accepted(self, region: Region) -> None:
@@ -169,7 +180,3 @@ class VmmState:
             self.slots.pop(region.slot, None)
         else:
             self.slots[region.slot] = region
-
-
-def _hva(slot: int, bank: int) -> int:
-    return _HVA_BASE + (slot % 1024) * _HVA_STRIDE + (bank % 64) * (_HVA_STRIDE >> 6)

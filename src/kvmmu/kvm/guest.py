@@ -121,7 +121,7 @@ class GuestLayout:
         pd_harness = struct.pack("<Q", hg + _PT_HARNESS | _TABLE)
         pt_harness = b"".join(struct.pack("<Q", hg + i * PAGE_SIZE | _TABLE) for i in range(512))
         window_pts = b"".join(
-            struct.pack("<Q", i * PAGE_SIZE | _TABLE) for i in range(self.window // PAGE_SIZE)
+            self.pristine_pte(i * PAGE_SIZE) for i in range(self.window // PAGE_SIZE)
         )
         return {
             _PML4: pml4,
@@ -131,6 +131,17 @@ class GuestLayout:
             _PT_HARNESS: pt_harness,
             _PT_WINDOW: window_pts,
         }
+
+    def pte_offset(self, gpa: int) -> int:
+        """Offset in harness memory of the 4 KiB PTE that maps scenario ``gpa``."""
+        if not 0 <= gpa < self.window:
+            raise ValueError(f"gpa {gpa:#x} outside the window [0, {self.window:#x})")
+        return _PT_WINDOW + (gpa // PAGE_SIZE) * 8
+
+    @staticmethod
+    def pristine_pte(gpa: int) -> bytes:
+        """The PTE the harness writes for ``gpa``: present, writable, user; A and D clear."""
+        return struct.pack("<Q", (gpa & ~(PAGE_SIZE - 1)) | _TABLE)
 
     def sregs(self, base: KvmSregs) -> KvmSregs:
         """Long mode, paging on, CPL3 code and data segments, IDT limit 0 (faults shut down)."""

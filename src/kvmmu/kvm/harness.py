@@ -32,6 +32,7 @@ keep running while the main thread changes memslots).
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,12 +40,12 @@ from types import TracebackType
 from typing import Self
 
 from kvmmu.kvm.bindings import (
+    KICK_SIGNAL,
     KVM_X86_QUIRK_SLOT_ZAP_ALL,
     Cap,
     Exit,
     ExitReason,
     HostMemory,
-    KickGuard,
     Kvm,
     KvmIoctlError,
     MmioExit,
@@ -128,6 +129,8 @@ class _Worker:
     thread: threading.Thread | None = None
     started_ns: int = 0
     exits: int = 0
+    running: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RealMachine:
@@ -241,6 +244,12 @@ class RealMachine:
                 raise res.error
             assert res.outcome is not None
             results.append(res.outcome)
+        for a in accesses:
+            if a.write and 0 <= a.gpa < self.layout.window:
+                # The guest's walk set the PTE's dirty bit. Left set, a later *read* fault on this
+                # page (after a zap) would be mapped writable and logged dirty: a shadow-paging
+                # artefact of this guest's page tables, not a write. Keep D clear between steps.
+                self.harness.write(self.layout.pte_offset(a.gpa), self.layout.pristine_pte(a.gpa))
         return results
 
     def _post(self, a: Access) -> None:
@@ -281,41 +290,46 @@ class RealMachine:
         w.tokens.put(True)
 
     def _worker_loop(self, w: _Worker) -> None:
+        # The kick signal stays blocked in this thread for its whole life: a kick that arrives
+        # after the last KVM_RUN stays pending and dies with the thread, never reaching Python.
+        signal.pthread_sigmask(signal.SIG_BLOCK, [KICK_SIGNAL])
+        try:
+            self._vcpu_loop(w)
+        finally:
+            with w.lock:
+                w.running = False  # from now on nobody may signal this thread
+
+    def _vcpu_loop(self, w: _Worker) -> None:
         mmio: list[MmioExit] = []
-        with KickGuard():
-            while not self._stop.is_set():
-                try:
-                    ex = w.vcpu.run()
-                except KvmIoctlError as exc:
-                    w.results.put(
-                        _Result(error=GuestCrashed(w.index, None, f"KVM_RUN failed: {exc}"))
-                    )
-                    return
-                w.exits += 1
-                if isinstance(ex, MmioExit):
-                    if ex.gpa == DOORBELL_DONE:
-                        value = int.from_bytes(ex.data, "little")
-                        elapsed = time.perf_counter_ns() - w.started_ns
-                        w.results.put(_Result(RealOutcome(value, tuple(mmio), elapsed)))
-                        mmio = []
-                    elif ex.gpa == DOORBELL_IDLE:
-                        if not w.tokens.get():
-                            return
-                    else:
-                        mmio.append(ex)
-                        if not ex.is_write:
-                            w.vcpu.set_mmio_read_data(bytes(8))
-                    continue
-                if isinstance(ex, SimpleExit) and ex.reason == ExitReason.INTR:
-                    continue  # a kick: the loop condition decides
-                try:
-                    where = f" at rip {int(w.vcpu.get_regs().rip):#x}"
-                except KvmIoctlError:
-                    where = ""
-                w.results.put(
-                    _Result(error=GuestCrashed(w.index, ex, f"unexpected exit {ex}{where}"))
-                )
+        while not self._stop.is_set():
+            try:
+                ex = w.vcpu.run()
+            except KvmIoctlError as exc:
+                w.results.put(_Result(error=GuestCrashed(w.index, None, f"KVM_RUN failed: {exc}")))
                 return
+            w.exits += 1
+            if isinstance(ex, MmioExit):
+                if ex.gpa == DOORBELL_DONE:
+                    value = int.from_bytes(ex.data, "little")
+                    elapsed = time.perf_counter_ns() - w.started_ns
+                    w.results.put(_Result(RealOutcome(value, tuple(mmio), elapsed)))
+                    mmio = []
+                elif ex.gpa == DOORBELL_IDLE:
+                    if not w.tokens.get():
+                        return
+                else:
+                    mmio.append(ex)
+                    if not ex.is_write:
+                        w.vcpu.set_mmio_read_data(bytes(8))
+                continue
+            if isinstance(ex, SimpleExit) and ex.reason == ExitReason.INTR:
+                continue  # a kick: the loop condition decides
+            try:
+                where = f" at rip {int(w.vcpu.get_regs().rip):#x}"
+            except KvmIoctlError:
+                where = ""
+            w.results.put(_Result(error=GuestCrashed(w.index, ex, f"unexpected exit {ex}{where}")))
+            return
 
     # --- teardown ---------------------------------------------------------------------------
     def _fail(self, err: GuestError) -> None:
@@ -330,14 +344,16 @@ class RealMachine:
             t = w.thread
             if t is None or t.ident is None:
                 continue
-            # Kick until the thread is gone: a kick that lands between two KVM_RUNs is absorbed
-            # by the thread's blocked signal mask, and the next KVM_RUN sees immediate_exit.
-            while t.is_alive():
-                try:
+            # Kick until the thread has left its loop: a kick that lands between two KVM_RUNs
+            # stays pending (blocked) and the next KVM_RUN returns at once. Kicks are sent under
+            # the worker's lock while it is still in its loop, so never to a finished thread.
+            while True:
+                with w.lock:
+                    if not w.running:
+                        break
                     w.vcpu.kick(t.ident)
-                except (ProcessLookupError, ValueError):
-                    break
                 t.join(0.05)
+            t.join()
             w.thread = None
 
     def close(self) -> None:

@@ -1,0 +1,221 @@
+"""Record the ``kvm`` and ``kvmmmu`` trace events of one run, leaving tracefs as it was found.
+
+Design. The kernel's tracepoints are the one place where the real shadow MMU says what it did
+(``kvm_mmu_zap_all_fast``, ``kvm_mmu_prepare_zap_page``, ``kvm_mmio``, ...; formats in section 5 of
+``kvm-mmio-generation.md``).  Tracing is global state shared with whoever else uses the machine,
+so :class:`TraceRecorder` touches as little of it as possible and puts back everything it touched:
+
+* tracefs is mounted at ``/sys/kernel/tracing`` only if it is not mounted anywhere; then it is
+  unmounted again at the end;
+* the recording happens in a private ftrace *instance* (``instances/kvmmu-<pid>-<n>``): its own
+  ring buffer, its own ``tracing_on`` and event switches.  The top-level buffer, its
+  ``tracing_on``, its enabled events and its buffer size are never written, so another user's
+  trace survives intact; removing the instance frees everything the recording allocated.
+
+The context manager restores on every exit path, exceptions included; :func:`snapshot` reads the
+global state so that a test can compare before and after.
+
+Prior art: ``trace-cmd record -B <instance>`` and perf's ftrace instances; the kernel's
+``Documentation/trace/ftrace.rst`` ("Instances").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+TRACEFS = Path("/sys/kernel/tracing")
+#: Event systems recorded: the generic KVM events and the MMU's.
+SYSTEMS: tuple[str, ...] = ("kvm", "kvmmmu")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+# "python3-7139 [000] ...1.   752.198451: kvm_mmu_zap_all_fast: kvm-mmu-valid-gen 0 used_pages 8"
+_LINE = re.compile(
+    r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>\d+\.\d+):\s+"
+    r"(?P<event>\w+):\s?(?P<text>.*)$"
+)
+_instance_ids = itertools.count()
+
+
+class TracefsError(RuntimeError):
+    """tracefs cannot be used here (not root, no tracefs, no kvm events)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One line of the trace: the event name and its text (in the kernel's format)."""
+
+    task: str
+    pid: int
+    cpu: int
+    timestamp: float
+    event: str
+    text: str
+
+
+def parse_trace(text: str) -> list[TraceEvent]:
+    """Parse the ``trace`` file's text (comment lines skipped)."""
+    out: list[TraceEvent] = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        out.append(
+            TraceEvent(
+                m["task"], int(m["pid"]), int(m["cpu"]), float(m["ts"]), m["event"], m["text"]
+            )
+        )
+    return out
+
+
+def find_mount() -> Path | None:
+    """Where tracefs is mounted, if anywhere (``/proc/self/mounts``)."""
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "tracefs":
+                return Path(parts[1])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceState:
+    """The global tracing state a recording must leave as it found it."""
+
+    mounted_at: str | None
+    tracing_on: str | None
+    buffer_size_kb: str | None
+    set_event: str | None
+    instances: tuple[str, ...]
+    enables: tuple[tuple[str, str], ...]
+
+
+def snapshot() -> TraceState:
+    """Read the global state: mount, top-level ``tracing_on``, events, buffer size, instances."""
+    root = find_mount()
+    if root is None:
+        return TraceState(None, None, None, None, (), ())
+
+    def rd(p: Path) -> str | None:
+        try:
+            return p.read_text()
+        except OSError:
+            return None
+
+    enables: list[tuple[str, str]] = []
+    for system in SYSTEMS:
+        sysdir = root / "events" / system
+        if not sysdir.is_dir():
+            continue
+        for p in sorted(sysdir.glob("*/enable")):
+            enables.append((f"{system}/{p.parent.name}", rd(p) or ""))
+    inst = root / "instances"
+    return TraceState(
+        str(root),
+        rd(root / "tracing_on"),
+        rd(root / "buffer_size_kb"),
+        rd(root / "set_event"),
+        tuple(sorted(os.listdir(inst))) if inst.is_dir() else (),
+        tuple(enables),
+    )
+
+
+class TraceRecorder:
+    """Context manager: record kvm/kvmmmu events in a private instance, restore on exit.
+
+    ``events`` names which events to enable (``"kvmmmu/kvm_mmu_zap_all_fast"``) or whole
+    systems (``"kvm"``); by default both systems.  :meth:`events` returns what was recorded so far.
+    """
+
+    def __init__(self, events: tuple[str, ...] = SYSTEMS, buffer_size_kb: int = 4096) -> None:
+        self._wanted = events
+        self._buffer_kb = buffer_size_kb
+        self._mounted_here: Path | None = None
+        self._instance: Path | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def _start(self) -> None:
+        root = find_mount()
+        if root is None:
+            root = TRACEFS
+            if _libc.mount(b"nodev", str(root).encode(), b"tracefs", 0, None) != 0:
+                err = ctypes.get_errno()
+                raise TracefsError(f"cannot mount tracefs at {root}: {os.strerror(err)}")
+            self._mounted_here = root
+        for system in SYSTEMS:
+            if not (root / "events" / system).is_dir():
+                raise TracefsError(f"no {system} trace events in {root}/events (kvm not loaded?)")
+        name = f"kvmmu-{os.getpid()}-{next(_instance_ids)}"
+        inst = root / "instances" / name
+        try:
+            inst.mkdir()
+        except OSError as exc:
+            raise TracefsError(f"cannot create trace instance {inst}: {exc.strerror}") from None
+        self._instance = inst
+        (inst / "tracing_on").write_text("0")
+        (inst / "buffer_size_kb").write_text(str(self._buffer_kb))
+        for spec in self._wanted:
+            (inst / "events" / spec / "enable").write_text("1")
+        (inst / "trace").write_text("")  # start empty
+        (inst / "tracing_on").write_text("1")
+
+    def events(self) -> list[TraceEvent]:
+        """Everything recorded so far (the buffer is left as is)."""
+        if self._instance is None:
+            raise TracefsError("not recording")
+        return parse_trace((self._instance / "trace").read_text())
+
+    def stop(self) -> None:
+        """Stop recording; :meth:`events` still reads what was recorded."""
+        if self._instance is not None:
+            (self._instance / "tracing_on").write_text("0")
+
+    def _restore(self) -> None:
+        inst, self._instance = self._instance, None
+        if inst is not None:
+            try:
+                (inst / "tracing_on").write_text("0")
+                # An instance with enabled events cannot always be removed while they fire;
+                # switch them off first, then remove it (frees its buffer).
+                (inst / "events" / "enable").write_text("0")
+            finally:
+                inst.rmdir()
+        root, self._mounted_here = self._mounted_here, None
+        if root is not None and _libc.umount2(str(root).encode(), 0) != 0:
+            err = ctypes.get_errno()
+            raise TracefsError(f"cannot unmount {root}: {os.strerror(err)}")
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._restore()
+
+
+def count(events: list[TraceEvent], name: str) -> int:
+    """How many recorded events are called ``name``."""
+    return sum(1 for e in events if e.event == name)

@@ -11,7 +11,7 @@ import importlib
 import click
 
 #: Subcommand modules, each defining ``command: click.Command``. Add one line per new command.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("diff",)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

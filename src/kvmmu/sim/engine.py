@@ -389,8 +389,7 @@ class Engine:
             yielded._add_waiter(proc)
         else:
             raise SimulationError(
-                f"process {proc.label!r} yielded {yielded!r}; "
-                "expected an int delay (ns) or an Event"
+                f"process {proc.label!r} yielded {yielded!r}; expected an int delay (ns) or an Event"
             )
 
 

@@ -178,3 +178,33 @@ class RunResult:
             if r.strategy == name:
                 return r
         raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """One strategy's summary at one value of a swept parameter."""
+
+    x: int
+    strategy: str
+    row: Mapping[str, int | float | str]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """A parameter sweep: the same measurement at several values of ``x`` for each strategy."""
+
+    name: str
+    x_label: str
+    points: tuple[SweepPoint, ...]
+
+    def series(self, strategy: str, key: str) -> tuple[list[int], list[float]]:
+        """``(xs, ys)`` of ``key`` for ``strategy``, in increasing x."""
+        pts = sorted((p.x, float(p.row[key])) for p in self.points if p.strategy == strategy)
+        return [x for x, _ in pts], [y for _, y in pts]
+
+    @property
+    def strategies(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for p in self.points:
+            seen.setdefault(p.strategy, None)
+        return list(seen)

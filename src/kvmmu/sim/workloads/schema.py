@@ -216,9 +216,7 @@ class VmmOp:
     every: Time = 0
 
     def __post_init__(self) -> None:
-        _check(
-            (self.slot is None) != (self.slots is None), "slot", "give exactly one of slot or slots"
-        )
+        _check((self.slot is None) != (self.slots is None), "slot", "give exactly one of slot or slots")
         if self.op == "create":
             _check(
                 self.gpa is not None and self.size is not None,
@@ -407,8 +405,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     name = str(name_or_path)
     if name not in scenario_names():
         raise ScenarioError(
-            f"{name}: no such scenario file or embedded scenario; "
-            f"embedded: {', '.join(scenario_names())}"
+            f"{name}: no such scenario file or embedded scenario; embedded: {', '.join(scenario_names())}"
         )
     ref = resources.files("kvmmu").joinpath("data", "scenarios", f"{name}.toml")
     return parse_scenario(ref.read_text(encoding="utf-8"), f"<kvmmu>/data/scenarios/{name}.toml")

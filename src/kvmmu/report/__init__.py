@@ -1,0 +1,5 @@
+"""Reports of timed runs: terminal tables, report.json, summary.csv, PNG plots, a trace, HTML.
+
+The layer renders the plain values of :mod:`kvmmu.sim.results` and nothing else of the simulation.
+:func:`kvmmu.report.output.write_report` writes a whole results directory atomically.
+"""

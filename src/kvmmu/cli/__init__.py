@@ -1,17 +1,22 @@
 """The ``kvmmu`` command: a click group; each subcommand lives in its own module of this package.
 
 Argument parsing and nothing else: every subcommand calls into the library and formats what it
-returns. Errors in user input are one line on stderr and exit status 2 (click's usage errors).
+returns.  Bad input is one line on stderr and exit status 2, never a traceback: click's usage
+errors are shortened to their message, and the library's ``ValueError``/``KvmError`` raised while
+checking parameters become the same kind of line.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
+from kvmmu.errors import KvmError
+
 #: Subcommand modules, each defining ``command: click.Command``. Add one line per new command.
-COMMAND_MODULES: tuple[str, ...] = ("diff",)
+COMMAND_MODULES: tuple[str, ...] = ("run",)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,6 +33,23 @@ for _name in COMMAND_MODULES:
     cli.add_command(importlib.import_module(f"kvmmu.cli.{_name}").command)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="kvmmu")
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the group, turning input errors into one line, exit 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="kvmmu", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `kvmmu`: show the help, succeed
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as e:
+        click.echo(f"kvmmu: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except (KvmError, ValueError) as e:
+        click.echo(f"kvmmu: error: {e}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("kvmmu: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"kvmmu: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -109,6 +109,9 @@ class Asm:
     def test_r64_r64(self, a: Register, b: Register) -> None:
         self._emit(ix.Instruction.create_reg_reg(ix.Code.TEST_RM64_R64, a, b))
 
+    def add_r64_r64(self, a: Register, b: Register) -> None:
+        self._emit(ix.Instruction.create_reg_reg(ix.Code.ADD_R64_RM64, a, b))
+
     def dec_r64(self, a: Register) -> None:
         self._emit(ix.Instruction.create_reg(ix.Code.DEC_RM64, a))
 

@@ -69,14 +69,18 @@ class MailboxField(IntEnum):
     GPA = 0x10
     VALUE = 0x18
     SPIN = 0x20  # polling iterations before the idle doorbell
+    STRIDE = 0x28  # TOUCH: bytes between two touched addresses
 
 
 class Op(IntEnum):
-    """A mailbox command. Reads and writes by size; HANG spins forever (timeout tests)."""
+    """A mailbox command. Reads and writes by size; HANG spins forever (timeout tests); TOUCH
+    reads one byte at ``gpa``, ``gpa + stride``, ... ``value`` times with no exit in between
+    (first-touch faults and MMIO exit loops for ``kvmmu calibrate``)."""
 
     READ1, READ2, READ4, READ8 = 0, 1, 2, 3
     WRITE1, WRITE2, WRITE4, WRITE8 = 4, 5, 6, 7
     HANG = 8
+    TOUCH = 9
 
     @staticmethod
     def access(write: bool, size: int) -> Op:
@@ -213,6 +217,19 @@ def build_program() -> Asm:
         a.bind(lbl)
         if op == Op.HANG:
             a.jmp(hang)
+            continue
+        if op == Op.TOUCH:
+            # rax = count, rbx = address, r14 = stride: while (rax--) { (u8)[rbx]; rbx += r14; }
+            loop = a.label()
+            a.mov_r64_m(R.R14, mbox, MailboxField.STRIDE)
+            a.test_r64_r64(R.RAX, R.RAX)
+            a.jz(done)
+            a.bind(loop)
+            a.load(1, R.RDX, R.RBX)
+            a.add_r64_r64(R.RBX, R.R14)
+            a.dec_r64(R.RAX)
+            a.jne(loop)
+            a.jmp(done)
             continue
         size = 1 << (int(op) & 3)
         if int(op) >= Op.WRITE1:

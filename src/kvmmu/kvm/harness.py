@@ -63,6 +63,7 @@ from kvmmu.kvm.guest import (
     Op,
     build_program,
 )
+from kvmmu.kvm.stats import StatsReader
 
 #: Default seconds one guest step may take before the run is declared hung.
 DEFAULT_TIMEOUT = 5.0
@@ -210,6 +211,10 @@ class RealMachine:
             raise GuestError("the machine is closed")
         return self.vm
 
+    def vm_stats(self) -> StatsReader:
+        """The VM's binary stats (``pages_4k``, ``mmu_shadow_zapped``, ...)."""
+        return self._vm().stats()
+
     @property
     def vcpus(self) -> list[Vcpu]:
         return [w.vcpu for w in self._workers]
@@ -258,12 +263,18 @@ class RealMachine:
         op = Op.access(a.write, a.size)
         self._write_command(a.vcpu, op, a.gpa, a.value)
 
+    def touch(self, vcpu: int, gpa: int, count: int, stride: int = 4096) -> RealOutcome:
+        """Read one byte at ``count`` addresses ``stride`` apart in one step (no exit between)."""
+        self.harness.write_u64(self.layout.mailbox_offset(vcpu) + MailboxField.STRIDE, stride)
+        self._write_command(vcpu, Op.TOUCH, gpa, count)
+        return self.wait(vcpu)
+
     def post_hang(self, vcpu: int) -> None:
         """Make ``vcpu``'s guest spin forever (to test the timeout path)."""
         self._write_command(vcpu, Op.HANG, 0, 0)
 
     def wait(self, vcpu: int) -> RealOutcome:
-        """Wait for the result of a command posted with :meth:`post_hang` (raises on timeout)."""
+        """Wait for the result of a posted command (raises on timeout or a dead guest)."""
         w = self._workers[vcpu]
         try:
             res = w.results.get(timeout=self.timeout)

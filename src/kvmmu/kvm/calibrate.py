@@ -1,0 +1,349 @@
+"""Measure on the real KVM what the cost model needs, and predict the same with the model.
+
+Design. Each measurement isolates one cost by difference, on the test guest of :mod:`.guest`:
+
+* **first-touch fault**: the guest reads one byte in each of N fresh 4 KiB pages in one step
+  (``Op.TOUCH``, no exit in between); the same step on the now-mapped pages is the baseline;
+  (fresh - mapped) / N is one shadow-MMU fault.  The host pages are populated beforehand, so the
+  host's own page-fault and zeroing cost is not counted; ``pf_taken`` confirms N faults.
+* **MMIO exit round trip**: the guest reads an unbacked gpa K times in one step; every read exits
+  to the Python VMM and re-enters; (step - empty step) / K.
+* **exit to userspace**: ``KVM_RUN`` with ``immediate_exit`` set: the ioctl round trip from Python
+  with no guest entry, the floor under any exit.
+* **memslot create / move / delete** of a small slot while N shadow PTEs are live (N pages touched
+  in another slot, counted by the VM's ``pages_4k`` stat), with ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` on
+  (every DELETE/MOVE zaps all shadow pages) and off (only the slot's own).  A move or delete with
+  the quirk on destroys the N live PTEs, so the pages are re-touched before each timed operation.
+
+Every figure is taken ``runs`` times and reported as a median.  :func:`derive_costs` turns the
+medians into the simulation's named costs; the caller supplies the default profile (this package
+must not import ``kvmmu.sim``), and names that nothing here measures keep their default value.
+:func:`predict_memslot_op` drives the model's own memslot-update generator over a model VM with
+the same number of live SPTEs and charges each yielded step with the caller's cost function: the
+model's prediction, to print next to the measured curve.
+
+Prior art: the kernel selftest ``memslot_perf_test`` (timed memslot operations with vCPUs mapped
+in) and ``demand_paging_test`` (per-page first-touch latency); the design note's
+``real-kvm-here.md`` tables, which these measurements re-take.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kvmmu import VM, Step
+from kvmmu.kvm.bindings import Kvm, _libc
+from kvmmu.kvm.guest import GuestLayout
+from kvmmu.kvm.harness import RealMachine
+
+PAGE = 4096
+MADV_POPULATE_WRITE = 23
+#: Live-PTE counts of the memslot sweep.
+FULL_PTES: tuple[int, ...] = (0, 1024, 2048, 8192, 16384, 32768)
+QUICK_PTES: tuple[int, ...] = (0, 2048, 8192, 32768)
+OPS: tuple[str, ...] = ("create", "move", "delete")
+#: Where the timed small slot lives (above the touched region, inside the mapped window).
+_SMALL_GPA = 200 << 20
+_SMALL_MOVED_GPA = 210 << 20
+
+Progress = Callable[[str, int], None]  # (label, units of work done since the last call)
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured quantity: every run's value (ns) and their median."""
+
+    name: str
+    samples: tuple[float, ...]
+    unit: str = "ns"
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.samples))
+
+
+@dataclass(frozen=True, slots=True)
+class MemslotPoint:
+    """One memslot operation timed at one number of live shadow PTEs."""
+
+    op: str
+    zap_all: bool
+    live_ptes: int  # pages touched before the operation
+    pages_4k: int  # the VM's pages_4k stat just before (KVM's own count of 4 KiB SPTEs)
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.samples))
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Everything one ``kvmmu calibrate`` run measured."""
+
+    first_touch: Figure
+    first_touch_pf_taken: int
+    mmio_round_trip: Figure
+    exit_to_userspace: Figure
+    memslot: tuple[MemslotPoint, ...]
+    runs: int
+    kernel: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def point(self, op: str, zap_all: bool, live: int) -> MemslotPoint:
+        return next(
+            p for p in self.memslot if p.op == op and p.zap_all == zap_all and p.live_ptes == live
+        )
+
+
+def _populate(addr: int, size: int) -> None:
+    # Host pages present beforehand: the host kernel's page allocation is not the shadow MMU's.
+    _libc.madvise(ctypes.c_void_p(addr), size, MADV_POPULATE_WRITE)
+
+
+def measure_first_touch(
+    pages: int, runs: int, progress: Progress | None = None
+) -> tuple[Figure, int]:
+    """ns per first-touch fault, and the ``pf_taken`` delta of the last run."""
+    samples: list[float] = []
+    pf = 0
+    layout = GuestLayout(window=max(64 << 20, 2 * pages * PAGE + (2 << 20)))
+    with RealMachine(layout) as m:
+        mem = m.allocate(pages * PAGE)
+        _populate(mem.addr, mem.size)
+        stats = m.vcpus[0].stats()
+        for _ in range(runs):
+            m.set_user_memory_region(0, 0, 0, mem.size, mem.addr)
+            before = stats.get("pf_taken")
+            cold = m.touch(0, 0, pages)
+            pf = stats.get("pf_taken") - before
+            warm = m.touch(0, 0, pages)
+            samples.append((cold.elapsed_ns - warm.elapsed_ns) / pages)
+            m.set_user_memory_region(0, 0, 0, 0, 0)  # delete: the next run faults afresh
+            if progress:
+                progress("first-touch fault", 1)
+    return Figure("first_touch_fault", tuple(samples)), pf
+
+
+def measure_mmio_round_trip(exits: int, runs: int, progress: Progress | None = None) -> Figure:
+    """ns per MMIO exit handled by the Python VMM (exit, decode, re-enter)."""
+    samples: list[float] = []
+    with RealMachine(GuestLayout(window=4 << 20)) as m:
+        for _ in range(runs):
+            empty = m.touch(0, 2 << 20, 0, 0)
+            loop = m.touch(0, 2 << 20, exits, 0)
+            assert len(loop.mmio) == exits
+            samples.append((loop.elapsed_ns - empty.elapsed_ns) / exits)
+            if progress:
+                progress("MMIO exit round trip", 1)
+    return Figure("mmio_exit_round_trip", tuple(samples))
+
+
+def measure_exit_to_userspace(
+    iterations: int, runs: int, progress: Progress | None = None
+) -> Figure:
+    """ns per ``KVM_RUN`` that returns at once (``immediate_exit``): the userspace round trip."""
+    samples: list[float] = []
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        vcpu = vm.create_vcpu()
+        run = vcpu.run_struct
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            for _ in range(iterations):
+                run.immediate_exit = 1
+                vcpu.run()
+            samples.append((time.perf_counter_ns() - t0) / iterations)
+            if progress:
+                progress("exit to userspace", 1)
+    return Figure("exit_to_userspace", tuple(samples))
+
+
+def measure_memslot_ops(
+    live_ptes: Sequence[int], zap_all: bool, runs: int, progress: Progress | None = None
+) -> list[MemslotPoint]:
+    """Create / move / delete of a 4 KiB slot with each number of live shadow PTEs."""
+    top = max(live_ptes)
+    layout = GuestLayout(window=256 << 20)
+    points: list[MemslotPoint] = []
+    with RealMachine(layout, zap_all_quirk=zap_all) as m:
+        big = m.allocate(max(top, 1) * PAGE)
+        _populate(big.addr, big.size)
+        small = m.allocate(PAGE)
+        m.set_user_memory_region(0, 0, 0, big.size, big.addr)
+        vmstats = m.vm_stats()
+        # One untimed cycle first: the first memslot change of a VM allocates its arrays.
+        m.set_user_memory_region(1, 0, _SMALL_GPA, PAGE, small.addr)
+        m.set_user_memory_region(1, 0, _SMALL_MOVED_GPA, PAGE, small.addr)
+        m.set_user_memory_region(1, 0, _SMALL_MOVED_GPA, 0, 0)
+        for n in live_ptes:
+            times: dict[str, list[float]] = {op: [] for op in OPS}
+            pages: dict[str, int] = {}
+            for _ in range(runs):
+                for op in OPS:
+                    if n:
+                        m.touch(0, 0, n)  # (re)populate: a zap-all destroyed them
+                    pages[op] = vmstats.get("pages_4k")
+                    if op == "create":
+                        args = (1, 0, _SMALL_GPA, PAGE, small.addr)
+                    elif op == "move":
+                        args = (1, 0, _SMALL_MOVED_GPA, PAGE, small.addr)
+                    else:
+                        args = (1, 0, _SMALL_MOVED_GPA, 0, 0)
+                    t0 = time.perf_counter_ns()
+                    m.set_user_memory_region(*args)
+                    times[op].append(float(time.perf_counter_ns() - t0))
+                if progress:
+                    progress("memslot operations", 1)
+            for op in OPS:
+                points.append(MemslotPoint(op, zap_all, n, pages[op], tuple(times[op])))
+    return points
+
+
+def calibrate(
+    *, quick: bool = False, runs: int | None = None, progress: Progress | None = None
+) -> Calibration:
+    """Take every measurement (``quick``: fewer points and runs)."""
+    import platform
+
+    runs = runs or (3 if quick else 7)
+    ptes = QUICK_PTES if quick else FULL_PTES
+    first, pf = measure_first_touch(2048 if quick else 8192, runs, progress)
+    mmio = measure_mmio_round_trip(200 if quick else 1000, runs, progress)
+    exit_us = measure_exit_to_userspace(2000 if quick else 10000, runs, progress)
+    points: list[MemslotPoint] = []
+    for zap_all in (True, False):
+        points += measure_memslot_ops(ptes, zap_all, runs, progress)
+    return Calibration(first, pf, mmio, exit_us, tuple(points), runs, platform.release())
+
+
+def work_units(quick: bool, runs: int | None = None) -> int:
+    """How many progress units :func:`calibrate` reports (for a progress bar's total)."""
+    r = runs or (3 if quick else 7)
+    n = len(QUICK_PTES if quick else FULL_PTES)
+    return 3 * r + 2 * n * r
+
+
+# --- from measurements to the simulation's named costs -----------------------------------------
+
+#: The first-touch fault's parts in the cost model (what the timed run charges for one).
+FAULT_PARTS: tuple[str, ...] = (
+    "guest_access_ns",
+    "vmexit_ns",
+    "slow_path_fault_ns",
+    "memslot_lookup_ns",
+    "mmu_lock_ns",
+    "spte_write_ns",
+    "mmu_unlock_ns",
+)
+
+
+def zap_slope(cal: Calibration, op: str = "delete") -> float:
+    """Least-squares ns per live PTE of ``op`` with the zap-all quirk on."""
+    pts = [p for p in cal.memslot if p.op == op and p.zap_all]
+    xs = [float(p.live_ptes) for p in pts]
+    ys = [p.median for p in pts]
+    if len(xs) < 2:
+        return 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def derive_costs(
+    cal: Calibration, defaults: Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """The measured costs by name (a subset of ``defaults``' names) and how each was derived."""
+    costs: dict[str, int] = {}
+    how: dict[str, str] = {}
+    f = cal.first_touch.median
+    base = sum(defaults[n] for n in FAULT_PARTS)
+    for n in FAULT_PARTS:
+        costs[n] = max(1, round(defaults[n] * f / base))
+    how["fault_parts"] = (
+        f"first-touch fault median {f:.0f} ns split over {', '.join(FAULT_PARTS)} "
+        "in the default profile's proportions"
+    )
+    costs["guest_retry_ns"] = costs["vmexit_ns"]
+    costs["exit_to_userspace_ns"] = round(cal.mmio_round_trip.median)
+    how["exit_to_userspace_ns"] = "MMIO exit round trip to the Python VMM, native CPL3 guest"
+    create0 = cal.point("create", True, 0).median
+    delete0 = cal.point("delete", True, 0).median
+    publish_and_grace = max(0.0, delete0 - create0)  # a delete publishes twice, a create once
+    share = defaults["memslot_publish_ns"] / (
+        defaults["memslot_publish_ns"] + defaults["srcu_grace_period_ns"]
+    )
+    costs["memslot_publish_ns"] = round(publish_and_grace * share)
+    costs["srcu_grace_period_ns"] = round(publish_and_grace * (1 - share))
+    costs["memslot_ioctl_ns"] = max(0, round(create0 - publish_and_grace))
+    how["memslot"] = (
+        f"create {create0:.0f} ns, delete {delete0:.0f} ns with no live PTEs: one publish + grace "
+        f"period = delete - create; the rest of a create is ioctl overhead"
+    )
+    slope = zap_slope(cal)
+    freed = defaults["shadow_page_freed_ns"]
+    costs["spte_zapped_ns"] = max(1, round(slope - freed / 512))
+    how["spte_zapped_ns"] = (
+        f"delete with the zap-all quirk: {slope:.1f} ns per live PTE (least squares), less "
+        f"shadow_page_freed_ns/512"
+    )
+    return costs, how
+
+
+def profile_toml(costs: Mapping[str, int], source: Mapping[str, str]) -> str:
+    """A flat ``[costs]`` table of ``<name>_ns = int`` and a ``[source]`` table of strings."""
+
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+    lines = [
+        "# Written by `kvmmu calibrate` from measurements on this machine's /dev/kvm.",
+        "[costs]",
+    ]
+    lines += [f"{k} = {int(v)}" for k, v in costs.items()]
+    lines += ["", "[source]"] + [f"{k} = {q(v)}" for k, v in source.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the model's prediction --------------------------------------------------------------------
+
+
+def predict_memslot_op(
+    op: str,
+    live_ptes: int,
+    zap_all: bool,
+    step_cost: Callable[[Step], int],
+    ioctl_ns: int,
+) -> int:
+    """ns the model charges for ``op`` on a 4 KiB slot with ``live_ptes`` live SPTEs.
+
+    Builds a model VM like the measured one (a RAM slot with ``live_ptes`` pages touched), then
+    drives ``set_user_memory_region_steps`` and sums ``step_cost`` of every yielded step plus
+    ``ioctl_ns`` per request: the timed simulation's charging convention, uncontended.
+    """
+    vm = VM(
+        strategy="generation", phys_bits=52, slot_zap="all" if zap_all else "slot", oracle=False
+    )
+    hva = 0x1000_0000_0000
+    vm.set_user_memory_region(0, 0, 0, max(live_ptes, 1) * PAGE, hva)
+    vcpu = vm.create_vcpu()
+    for i in range(live_ptes):
+        vcpu.access(i * PAGE, size=1)
+    if op in ("move", "delete"):
+        vm.set_user_memory_region(1, 0, _SMALL_GPA, PAGE, hva + (1 << 32))
+    if op == "create":
+        gen = vm.set_user_memory_region_steps(1, 0, _SMALL_GPA, PAGE, hva + (1 << 32))
+    elif op == "move":
+        gen = vm.set_user_memory_region_steps(1, 0, _SMALL_MOVED_GPA, PAGE, hva + (1 << 32))
+    else:
+        gen = vm.set_user_memory_region_steps(1, 0, _SMALL_GPA, 0, 0)
+    total = ioctl_ns
+    try:
+        while True:
+            total += step_cost(next(gen))
+    except StopIteration:
+        pass
+    return total

@@ -70,6 +70,8 @@ class MmioBus:
 
     def dispatch(self, gpa: int, size: int, write: bool, value: int) -> int | None:
         """Complete an emulated access in the kernel, or return None: exit to userspace."""
+        if not self._bases:
+            return None
         hit = self.find(gpa)
         if hit is None:
             return None

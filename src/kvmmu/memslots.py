@@ -131,7 +131,7 @@ class Memslots:
     grace period), exactly as the kernel writes ``slots->generation``.
     """
 
-    __slots__ = ("_bases", "_sorted", "as_id", "by_id", "generation")
+    __slots__ = ("_bases", "_sorted", "as_id", "by_id", "generation", "last_used_slot")
 
     def __init__(self, as_id: int, by_id: Mapping[int, Memslot], generation: int) -> None:
         self.as_id = as_id
@@ -139,13 +139,19 @@ class Memslots:
         self._sorted = sorted(self.by_id.values(), key=lambda s: s.base_gfn)
         self._bases = [s.base_gfn for s in self._sorted]
         self.generation = generation
+        #: ``slots->last_used_slot``: tried before the binary search (a hint, never wrong).
+        self.last_used_slot: Memslot | None = None
 
     def lookup(self, gfn: int) -> Memslot | None:
         """``search_memslots()``: the slot containing ``gfn``, in O(log n)."""
+        last = self.last_used_slot
+        if last is not None and last.base_gfn <= gfn < last.base_gfn + last.npages:
+            return last
         i = bisect.bisect_right(self._bases, gfn) - 1
         if i >= 0:
             slot = self._sorted[i]
             if gfn < slot.base_gfn + slot.npages:
+                self.last_used_slot = slot
                 return slot
         return None
 

@@ -26,7 +26,7 @@ MAXPHYADDR 52 there is no reserved bit and MMIO caching is off.  The L1TF reloca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 PAGE_SHIFT: Final = 12
@@ -77,16 +77,17 @@ class GenerationLayout:
     high_start: int
     high_end: int
     mmu_present_bit: bool  # whether RAM SPTEs carry SPTE_MMU_PRESENT (bit 11)
+    # Derived once (decode runs on every MMIO fast-path fault).
+    low_len: int = field(init=False, repr=False, compare=False)
+    high_len: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         stored = (self.low_end - self.low_start + 1) + (self.high_end - self.high_start + 1)
         if stored != self.gen_bits - self.dropped_low_bits:
             raise ValueError(f"layout {self.name}: {stored} stored bits for a "
                              f"{self.gen_bits}-bit generation less {self.dropped_low_bits}")
-
-    @property
-    def low_len(self) -> int:
-        return self.low_end - self.low_start + 1
+        object.__setattr__(self, "low_len", self.low_end - self.low_start + 1)
+        object.__setattr__(self, "high_len", self.high_end - self.high_start + 1)
 
     @property
     def gen_mask(self) -> int:
@@ -107,7 +108,7 @@ class GenerationLayout:
     def decode(self, spte: int) -> int:
         """The generation stored in ``spte``, dropped bits read as 0 (``get_mmio_spte_generation``)."""
         low = (spte >> self.low_start) & ((1 << self.low_len) - 1)
-        high = (spte >> self.high_start) & ((1 << (self.high_end - self.high_start + 1)) - 1)
+        high = (spte >> self.high_start) & ((1 << self.high_len) - 1)
         return ((high << self.low_len) | low) << self.dropped_low_bits
 
 
@@ -167,21 +168,27 @@ class MmioSpteCodec:
 
     layout: GenerationLayout
     marker: MmioMask
+    # Derived once: the stored access bits, and what decoding strips before reading the gfn.
+    access_mask: int = field(init=False, repr=False, compare=False)
+    strip_mask: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "access_mask", self.marker.stored_access_mask)
+        object.__setattr__(self, "strip_mask", self.marker.mask | self.layout.spte_gen_mask)
 
     def encode(self, gfn: int, access: int, gen: int) -> int:
         """``mark_mmio_spte``: marker | stored access | gfn << 12 | generation bits."""
-        return (self.marker.value | (access & self.marker.stored_access_mask)
+        return (self.marker.value | (access & self.access_mask)
                 | ((gfn & GFN_FIELD_MASK) << PAGE_SHIFT) | self.layout.encode(gen))
 
     def is_mmio(self, spte: int) -> bool:
         return self.marker.caching and (spte & self.marker.mask) == self.marker.value
 
     def gfn(self, spte: int) -> int:
-        strip = self.marker.mask | self.layout.spte_gen_mask
-        return ((spte & ~strip) >> PAGE_SHIFT) & GFN_FIELD_MASK
+        return ((spte & ~self.strip_mask) >> PAGE_SHIFT) & GFN_FIELD_MASK
 
     def access(self, spte: int) -> int:
-        return spte & self.marker.stored_access_mask
+        return spte & self.access_mask
 
     def generation(self, spte: int) -> int:
         return self.layout.decode(spte)

@@ -22,11 +22,12 @@ ACCESS_SIZES: Final = (1, 2, 4, 8)
 class Vcpu:
     """One virtual CPU of a :class:`~kvmmu.vm.VM`."""
 
-    __slots__ = ("arch", "vm")
+    __slots__ = ("_gpa_limit", "arch", "vm")
 
     def __init__(self, vm: VM, vcpu_id: int) -> None:
         self.vm = vm
         self.arch = VcpuArch(vcpu_id)
+        self._gpa_limit = 1 << vm.kvm.phys_bits
 
     @property
     def id(self) -> int:
@@ -48,24 +49,29 @@ class Vcpu:
         if value != self.arch.as_id:
             self.arch.as_id = value
             self.arch.root = None  # a different role: kvm_mmu_reset_context()
+            self.arch.psc_page = None
             self.arch.mmio_gfn = 0
 
-    def access_steps(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
-                     emulated: bool = False) -> Steps[Outcome]:
-        """The access as a protocol generator: yields a Step before each shared access."""
+    def _check(self, gpa: int, size: int) -> None:
         if size not in ACCESS_SIZES:
             raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size}")
-        if not 0 <= gpa < (1 << self.vm.kvm.phys_bits):
+        if not 0 <= gpa < self._gpa_limit:
             raise ValueError(f"gpa {gpa:#x} is beyond the {self.vm.kvm.phys_bits}-bit "
                              "guest physical address width")
         if (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE:
             raise ValueError(f"access at gpa {gpa:#x} of {size} bytes crosses a page")
+
+    def access_steps(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
+                     emulated: bool = False) -> Steps[Outcome]:
+        """The access as a protocol generator: yields a Step before each shared access."""
+        self._check(gpa, size)
         return access(self.vm.kvm, self.arch, gpa, write, size, value, emulated)
 
     def access(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
                emulated: bool = False) -> Outcome:
         """Perform one guest access and return what the guest observed and how."""
-        return run_to_completion(self.access_steps(gpa, write, size, value, emulated))
+        self._check(gpa, size)
+        return run_to_completion(access(self.vm.kvm, self.arch, gpa, write, size, value, emulated))
 
     def __repr__(self) -> str:
         return f"Vcpu({self.id}, as={self.as_id})"

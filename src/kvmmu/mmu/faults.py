@@ -30,26 +30,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from kvmmu.memslots import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+from kvmmu.memslots import (
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+)
 from kvmmu.mmu.invalidation import mmio_generation_valid
 from kvmmu.mmu.pages import ShadowPage
 from kvmmu.mmu.steps import Step, Steps
 from kvmmu.spte import (
     ACC_ALL,
     PAGE_SHIFT,
+    PFN_MASK,
     SPTE_LARGE,
     SPTE_PRESENT,
     SPTE_WRITABLE,
-    make_ram_spte,
-    spte_pfn,
 )
 
 if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
 
 PAGE_OFFSET_MASK: Final = (1 << PAGE_SHIFT) - 1
+#: Shift of the gfn index at levels 4, 3, 2, 1 of the walk.
+_LEVEL_SHIFTS: Final = (27, 18, 9, 0)
+_LEAF_SHIFT: Final = (0,)
 
 
 class AccessKind(StrEnum):
@@ -69,13 +75,13 @@ class Path(StrEnum):
     EMULATOR = "emulator"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The guest-visible result of one access, and how the model produced it.
 
     ``value`` is what a read returned (RAM, or an in-kernel device); ``None`` for writes and for
     reads that exit to userspace.  ``hva`` is the host address a RAM access touched.  ``spte`` is
-    the leaf SPTE word that answered, when one did (for oracle reports).
+    the leaf SPTE word that answered, when one did (for oracle reports).  A named tuple rather
+    than a frozen dataclass: one is built per access, and building it must cost little.
     """
 
     gpa: int
@@ -88,6 +94,10 @@ class Outcome:
     exit_to_userspace: bool = False
     traps: int = 0
     spte: int = 0
+
+
+#: ``Outcome`` without the generated ``__new__`` (a third of the cost; one is built per access).
+_new_outcome = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -121,6 +131,9 @@ class VcpuArch:
     mmio_access: int = 0
     mmio_gen: int = 0
     stats: VcpuStats = field(default_factory=VcpuStats)
+    #: The paging-structure cache: the last level-1 table walked to, for gfns ``psc_tag << 9 ..``.
+    psc_page: ShadowPage | None = None
+    psc_tag: int = -1
 
 
 def cache_mmio_info(kvm: Kvm, vcpu: VcpuArch, gfn: int, access: int) -> None:
@@ -169,15 +182,11 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
     """One guest access from guest entry to its answer (see the module docstring)."""
     gfn = gpa >> PAGE_SHIFT
     mmu = kvm.mmu
-    codec = mmu.codec
-    marker = codec.marker
-    mask, mvalue, caching = marker.mask, marker.value, marker.caching
-    stats = vcpu.stats
     start_epoch = kvm.memslots.epoch
-    srcu = kvm.srcu
     path = Path.EMULATOR
     traps = 0
     if not emulated:
+        hw_mask, hw_value = mmu.hw_mmio_mask, mmu.hw_mmio_value
         while True:
             root = vcpu.root
             if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen:
@@ -185,41 +194,54 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                 root = vcpu.root
                 assert root is not None
             yield Step.GUEST_ACCESS
-            # The hardware walk: four levels, no lock, no trap unless something is missing.
-            sp = root
-            level = 4
-            while True:
-                idx = (gfn >> (9 * (level - 1))) & 511
+            # The hardware walk: no lock, no trap unless something is missing or reserved.  Like a
+            # CPU's paging-structure cache, the vCPU remembers the last level-1 table it walked
+            # to; the table is still linked exactly while it is on the active list and not
+            # obsolete (a zap unlinks a whole subtree), so then the walk may start there.
+            psc = vcpu.psc_page
+            sp: ShadowPage
+            shifts: tuple[int, ...]
+            if (psc is not None and vcpu.psc_tag == gfn >> 9
+                    and psc.mmu_valid_gen == mmu.mmu_valid_gen and psc.hpa in mmu.active):
+                sp, shifts = psc, _LEAF_SHIFT
+            else:
+                sp, shifts = root, _LEVEL_SHIFTS
+            for shift in shifts:
+                idx = (gfn >> shift) & 511
                 spte = sp.spt[idx]
-                if caching and (spte & mask) == mvalue:
+                if spte & hw_mask == hw_value:
                     fault = _INVALID  # reserved bits / EPT misconfig: the MMIO fast path
                     break
                 if not spte & SPTE_PRESENT:
                     fault = _FIXED  # not present: the slow path
                     break
-                if level == 1 or spte & SPTE_LARGE:
+                if not shift or spte & SPTE_LARGE:
                     if write and not spte & SPTE_WRITABLE:
                         fault = _FIXED  # write to a read-only SPTE: the slow path
                         break
                     # A hit: the access goes to host memory at the SPTE's frame.
-                    if level == 1:
-                        hva = (spte_pfn(spte) << PAGE_SHIFT) | (gpa & PAGE_OFFSET_MASK)
-                    else:
-                        hva = (spte_pfn(spte) << PAGE_SHIFT) + (gpa & ((1 << 21) - 1))
-                    if traps == 0:
-                        stats.hw_hits += 1
+                    hva = (spte & PFN_MASK) + (gpa & ((1 << (shift + PAGE_SHIFT)) - 1))
+                    if not traps:
+                        vcpu.stats.hw_hits += 1
                         path = Path.HW
-                    out = _ram_access(kvm, gpa, size, write, value, hva, path, traps, spte)
+                    hostmem = kvm.host_memory
+                    if write:
+                        hostmem.write_int(hva, size, value)
+                        out = _new_outcome(Outcome, (gpa, size, True, AccessKind.RAM, path, None,
+                                                     hva, False, traps, spte))
+                    else:
+                        out = _new_outcome(Outcome, (gpa, size, False, AccessKind.RAM, path,
+                                                     hostmem.read_int(hva, size), hva, False,
+                                                     traps, spte))
                     if kvm.on_access is not None:
                         kvm.on_access(vcpu, out, start_epoch)
                     return out
-                child = sp.children[idx]
-                assert child is not None
-                sp = child
-                level -= 1
+                sp = sp.children[idx]  # type: ignore[assignment]  # present non-leaf: a table
+                if shift == 9:
+                    vcpu.psc_page, vcpu.psc_tag = sp, gfn >> 9
             traps += 1
-            stats.exits += 1
-            srcu.read_lock(vcpu)
+            vcpu.stats.exits += 1
+            kvm.srcu.read_lock(vcpu)
             if fault == _INVALID:
                 r = yield from _handle_mmio_page_fault(kvm, vcpu, gfn)
                 path = Path.FAST
@@ -233,15 +255,15 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                 r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
             if r == _EMULATE:
                 break  # emulate with SRCU still held
-            srcu.read_unlock(vcpu)
+            kvm.srcu.read_unlock(vcpu)
             if r == _RETRY:
-                stats.pf_spurious += 1
+                vcpu.stats.pf_spurious += 1
                 yield Step.RETRY
             # _FIXED and _RETRY both re-enter the guest, which re-executes the access.
     else:
-        srcu.read_lock(vcpu)
+        kvm.srcu.read_lock(vcpu)
     out = yield from _emulate(kvm, vcpu, gpa, gfn, write, size, value, path, traps)
-    srcu.read_unlock(vcpu)
+    kvm.srcu.read_unlock(vcpu)
     if kvm.on_access is not None:
         kvm.on_access(vcpu, out, start_epoch)
     return out
@@ -251,9 +273,10 @@ def _ram_access(kvm: Kvm, gpa: int, size: int, write: bool, value: int, hva: int
                 traps: int, spte: int) -> Outcome:
     if write:
         kvm.host_memory.write_int(hva, size, value)
-        return Outcome(gpa, size, True, AccessKind.RAM, path, None, hva, False, traps, spte)
-    return Outcome(gpa, size, False, AccessKind.RAM, path, kvm.host_memory.read_int(hva, size),
-                   hva, False, traps, spte)
+        return _new_outcome(Outcome, (gpa, size, True, AccessKind.RAM, path, None, hva, False,
+                                      traps, spte))
+    return _new_outcome(Outcome, (gpa, size, False, AccessKind.RAM, path,
+                                  kvm.host_memory.read_int(hva, size), hva, False, traps, spte))
 
 
 def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
@@ -264,7 +287,7 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
         stats.mmio_cache_hits += 1
         return _EMULATE_CACHED
     yield Step.READ_SPTE_LOCKLESS
-    spte = _leaf_spte(vcpu.root, gfn)  # walk_shadow_page_lockless_begin() .. end()
+    spte = _leaf_spte(kvm, vcpu, gfn)  # walk_shadow_page_lockless_begin() .. end()
     codec = kvm.mmu.codec
     if not codec.is_mmio(spte):
         return _RETRY  # zapped or replaced by another CPU: let the guest fault again
@@ -287,18 +310,26 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     return _EMULATE
 
 
-def _leaf_spte(root: ShadowPage | None, gfn: int) -> int:
-    """The SPTE a lockless walk from ``root`` ends at for ``gfn`` (0 if the walk stops early)."""
-    sp = root
-    level = 4
-    while sp is not None:
-        idx = (gfn >> (9 * (level - 1))) & 511
-        spte = sp.spt[idx]
+def _leaf_spte(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> int:
+    """The SPTE a lockless walk from the vCPU's root ends at for ``gfn`` (0 if it stops early).
+
+    A level-1 table that is still linked (active and not obsolete) holds exactly what the walk
+    would reach, so the vCPU's paging-structure cache may stand in for the upper levels.
+    """
+    mmu = kvm.mmu
+    sp = vcpu.psc_page
+    if (sp is not None and vcpu.psc_tag == gfn >> 9 and sp.mmu_valid_gen == mmu.mmu_valid_gen
+            and sp.hpa in mmu.active):
+        return sp.spt[gfn & 511]
+    sp = vcpu.root
+    for shift in _LEVEL_SHIFTS:
+        if sp is None:
+            return 0
+        idx = (gfn >> shift) & 511
         child = sp.children[idx]
-        if child is None or level == 1:
-            return spte
+        if child is None or not shift:
+            return sp.spt[idx]
         sp = child
-        level -= 1
     return 0
 
 
@@ -326,22 +357,39 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         if not codec.marker.caching:
             stats.pf_emulate += 1
             return _EMULATE  # kvm.mmio_caching off: every MMIO access takes this path
-    elif write and slot.readonly:
+    elif write and slot.flags & KVM_MEM_READONLY:
         stats.pf_emulate += 1
         return _EMULATE  # KVM_PFN_ERR_RO_FAULT: the emulator turns the write into MMIO
     else:
-        writable = not slot.readonly and (write or not slot.dirty_logging)
+        # Writable unless READONLY; with dirty logging, only a write fault maps writable (so the
+        # first write to each page is seen and logged).
+        writable = not slot.flags & KVM_MEM_READONLY and (
+            write or not slot.flags & KVM_MEM_LOG_DIRTY_PAGES)
         if kvm.large_pages and slot.huge_page_ok(gfn):
             target_level = 2
-    yield from mmu.lock.acquire(vcpu)
+    # MmuLock.acquire()/release() inlined: this is the hottest path of a plain run.
+    lock = mmu.lock
+    yield Step.MMU_LOCK
+    while lock.holder is not None:
+        lock.contended += 1
+        yield Step.MMU_LOCK
+    lock.holder = vcpu
+    lock.acquisitions += 1
     root = vcpu.root
-    if root is None or mmu.is_obsolete(root) or root.hpa not in mmu.active:
-        yield from mmu.lock.release(vcpu)
+    if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen or root.hpa not in mmu.active:
+        yield Step.MMU_UNLOCK
+        lock.holder = None
         return _RETRY  # is_page_fault_stale(): zap_all_fast ran since guest entry
-    # direct_map(): walk down, linking new shadow pages where tables are missing.
-    sp = root
-    level = 4
+    # direct_map(): walk down, linking new shadow pages where tables are missing.  A linked
+    # level-1 table for this gfn (the vCPU's paging-structure cache) is where the walk would end.
     trace = kvm.trace
+    psc = vcpu.psc_page
+    sp: ShadowPage
+    if (target_level == 1 and psc is not None and vcpu.psc_tag == gfn >> 9
+            and psc.mmu_valid_gen == mmu.mmu_valid_gen and psc.hpa in mmu.active):
+        sp, level = psc, 1
+    else:
+        sp, level = root, 4
     while True:
         idx = (gfn >> (9 * (level - 1))) & 511
         child = sp.children[idx]
@@ -384,14 +432,17 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         yield Step.WRITE_SPTE
         if old and codec.is_mmio(old):
             sp.nr_mmio -= 1
-        sp.spt[idx] = make_ram_spte(slot.hva(base) >> PAGE_SHIFT, writable, level == 2,
-                                    mmu.layout)
-        if writable and slot.dirty_logging:
+        # make_spte(), i.e. spte.make_ram_spte() inlined: pfn | base bits | W | PS.
+        sp.spt[idx] = ((slot.userspace_addr + ((base - slot.base_gfn) << PAGE_SHIFT))
+                       | mmu.ram_spte_bits | (SPTE_WRITABLE if writable else 0)
+                       | (SPTE_LARGE if level == 2 else 0))
+        if writable and slot.dirty_bitmap is not None:
             slot.mark_dirty(gfn)
         stats.pf_fixed += 1
         result = _FIXED
     mmu.ever_mapped.add(key)
-    yield from mmu.lock.release(vcpu)
+    yield Step.MMU_UNLOCK
+    lock.holder = None
     return result
 
 
@@ -420,11 +471,12 @@ def _emulate(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool, size: in
         if trace is not None:
             trace.kvm_mmio(vcpu.id, "write" if write else "read", size, gpa,
                            value if write else dev_value)
-        return Outcome(gpa, size, write, AccessKind.MMIO, path, None if write else dev_value,
-                       None, False, traps)
+        return _new_outcome(Outcome, (gpa, size, write, AccessKind.MMIO, path,
+                                      None if write else dev_value, None, False, traps, 0))
     stats.mmio_exits += 1
     if trace is not None:
         trace.kvm_mmio(vcpu.id, "write" if write else "unsatisfied-read", size, gpa,
                        value if write else 0)
     yield Step.EXIT_TO_USERSPACE
-    return Outcome(gpa, size, write, AccessKind.MMIO, path, None, None, True, traps)
+    return _new_outcome(Outcome, (gpa, size, write, AccessKind.MMIO, path, None, None, True,
+                                  traps, 0))

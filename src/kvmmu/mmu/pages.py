@@ -31,6 +31,7 @@ from kvmmu.spte import (
     GenerationLayout,
     MmioSpteCodec,
     make_nonleaf_spte,
+    make_ram_spte,
 )
 from kvmmu.sync import MmuLock
 
@@ -98,6 +99,17 @@ class Mmu:
     next_hpa: int = 0x1000
     #: (as_id << 52 | gfn) of every gfn that ever had a leaf SPTE, to count refaults.
     ever_mapped: set[int] = field(default_factory=set)
+    #: What the hardware walk tests: ``spte & mask == value`` traps as MMIO. With caching off
+    #: nothing can match (mask 0, value 1), so the walk needs no separate test.
+    hw_mmio_mask: int = 0
+    hw_mmio_value: int = 1
+    #: Bits every RAM leaf carries (``make_ram_spte(0, False, False, layout)``).
+    ram_spte_bits: int = 0
+
+    def __post_init__(self) -> None:
+        self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
+        if self.codec.marker.caching:
+            self.hw_mmio_mask, self.hw_mmio_value = self.codec.marker.mask, self.codec.marker.value
 
     def alloc_page(self, gfn: int, level: int, as_id: int, parent: ShadowPage | None,
                    index: int) -> ShadowPage:

@@ -180,7 +180,10 @@ class TraceRecorder:
         (inst / "tracing_on").write_text("0")
         (inst / "buffer_size_kb").write_text(str(self._buffer_kb))
         for spec in self._wanted:
-            (inst / "events" / spec / "enable").write_text("1")
+            switch = inst / "events" / spec / "enable"
+            if not switch.is_file():
+                raise TracefsError(f"no trace event or system {spec!r} in {root}/events")
+            switch.write_text("1")
         (inst / "trace").write_text("")  # start empty
         (inst / "tracing_on").write_text("1")
 

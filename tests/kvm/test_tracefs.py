@@ -1,0 +1,81 @@
+"""kvmmu.kvm.tracefs: recording kvm/kvmmmu events, and leaving tracing exactly as found."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmmu.kvm import tracefs
+from kvmmu.kvm.guest import GuestLayout
+from kvmmu.kvm.harness import Access, RealMachine
+
+LINE = (
+    "python3-7139 [000] ...1.   752.198451: kvm_mmu_zap_all_fast: kvm-mmu-valid-gen 0 used_pages 8"
+)
+
+
+def test_parse_the_kernel_line_format() -> None:
+    (ev,) = tracefs.parse_trace("# tracer: nop\n#\n" + LINE + "\n")
+    assert (ev.task, ev.pid, ev.cpu, ev.event) == ("python3", 7139, 0, "kvm_mmu_zap_all_fast")
+    assert ev.text == "kvm-mmu-valid-gen 0 used_pages 8" and ev.timestamp == 752.198451
+
+
+@pytest.mark.kvm
+def test_delete_fires_zap_all_fast_create_fires_none(no_fd_leak: None) -> None:
+    before = tracefs.snapshot()
+    with tracefs.TraceRecorder() as rec, RealMachine(GuestLayout(window=4 << 20)) as m:
+        mem = m.allocate(0x4000)
+        m.set_user_memory_region(0, 0, 0x100000, 0x4000, mem.addr)
+        for i in range(4):
+            m.access(Access(0, 0x100000 + i * 0x1000, size=8))
+        created = rec.events()
+        m.set_user_memory_region(0, 0, 0x100000, 0, 0)
+        m.access(Access(0, 0x100000, size=8))
+        rec.stop()
+        events = rec.events()
+    new = events[len(created) :]
+    assert tracefs.count(created, "kvm_mmu_zap_all_fast") == 0
+    assert tracefs.count(new, "kvm_mmu_zap_all_fast") == 1
+    assert tracefs.count(new, "kvm_mmu_prepare_zap_page") >= 1
+    mmio = [e.text for e in new if e.event == "kvm_mmio" and "gpa 0x100000 " in e.text]
+    assert any(t.startswith("mmio read len 8") for t in mmio)
+    assert tracefs.snapshot() == before
+
+
+@pytest.mark.kvm
+def test_state_restored_when_the_run_fails() -> None:
+    before = tracefs.snapshot()
+    with pytest.raises(RuntimeError, match="boom"), tracefs.TraceRecorder():
+        assert tracefs.find_mount() is not None
+        raise RuntimeError("boom")
+    assert tracefs.snapshot() == before
+    with (
+        pytest.raises(tracefs.TracefsError, match="no_such_event"),
+        tracefs.TraceRecorder(events=("kvm/no_such_event",)),
+    ):
+        pass  # pragma: no cover - the recorder refuses before this runs
+    assert tracefs.snapshot() == before
+
+
+@pytest.mark.kvm
+def test_a_mounted_tracefs_and_foreign_settings_are_left_alone() -> None:
+    # Mount it ourselves (as another user would have) and enable one event at the top level.
+    pre = tracefs.find_mount()
+    if pre is None:
+        assert tracefs._libc.mount(b"nodev", b"/sys/kernel/tracing", b"tracefs", 0, None) == 0
+    try:
+        root = tracefs.find_mount()
+        assert root is not None
+        enable = root / "events" / "kvm" / "kvm_exit" / "enable"
+        old = enable.read_text()
+        enable.write_text("1")
+        try:
+            before = tracefs.snapshot()
+            with tracefs.TraceRecorder():
+                pass
+            assert tracefs.snapshot() == before
+            assert tracefs.find_mount() == root  # not unmounted: we did not mount it
+        finally:
+            enable.write_text(old)
+    finally:
+        if pre is None:
+            assert tracefs._libc.umount2(b"/sys/kernel/tracing", 0) == 0

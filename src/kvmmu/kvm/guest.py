@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from kvmmu.kvm.asm import Asm, R, listing
-from kvmmu.kvm.bindings import PAGE_SIZE, KvmRegs, KvmSegment, KvmSregs, Vcpu
+from kvmmu.kvm.bindings import PAGE_SIZE, KvmRegs, KvmSegment, KvmSregs
 
 LARGE_PAGE = 2 << 20
 #: Where the harness memslot starts (1 GiB): above every scenario window.
@@ -248,10 +248,3 @@ def build_program() -> Asm:
 def program_listing(layout: GuestLayout) -> list[str]:
     """The guest program as disassembled text (what actually runs)."""
     return listing(build_program().encode(layout.code_gpa), layout.code_gpa)
-
-
-def install(layout: GuestLayout, vcpu: Vcpu, index: int, write_harness: bool) -> None:
-    """Put vCPU ``index`` into long mode at CPL3 at the program's entry."""
-    del write_harness  # the harness memory is written once by the owner (see runner)
-    vcpu.set_sregs(layout.sregs(vcpu.get_sregs()))
-    vcpu.set_regs(layout.regs(index))

@@ -1,0 +1,174 @@
+"""Fault paths: hardware walk, MMIO fast path, slow path, emulator, per-vCPU cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmmu import VM, AccessKind, Path, RegisterBank
+from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kvmmu.mmu.steps import Step
+from kvmmu.spte import SPTE_LARGE, SPTE_WRITABLE
+
+HVA = 0x7F00_0000_0000
+MMIO = 0xFEE0_0000
+
+
+@pytest.fixture
+def vm() -> VM:
+    v = VM("generation", strict=True)
+    v.set_user_memory_region(0, 0, 0, 0x400000, HVA)
+    return v
+
+
+def test_first_touch_takes_the_slow_path_then_the_hardware_walk_hits(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    first = vcpu.access(0x1000)
+    assert (first.kind, first.path, first.traps, first.hva) == (AccessKind.RAM, Path.SLOW, 1,
+                                                                 HVA + 0x1000)
+    again = vcpu.access(0x1004)
+    assert (again.path, again.traps) == (Path.HW, 0)
+    assert vcpu.stats.pf_fixed == 1 and vcpu.stats.hw_hits == 1
+
+
+def test_ram_reads_return_what_was_written_through_host_memory(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x2008, write=True, size=8, value=0x1122334455667788)
+    assert vcpu.access(0x2008, size=8).value == 0x1122334455667788
+    assert vm.host_memory.read(HVA + 0x2008, 2) == b"\x88\x77"
+
+
+def test_an_mmio_access_creates_an_mmio_spte_then_the_cache_then_the_fast_path_answer(
+        vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    first = vcpu.access(MMIO)
+    assert (first.kind, first.path, first.exit_to_userspace) == (AccessKind.MMIO, Path.SLOW, True)
+    assert vcpu.stats.pf_mmio_spte_created == 1
+    assert vcpu.access(MMIO).path is Path.CACHE  # vcpu->arch.mmio_gfn matches
+    vcpu.access(MMIO + 0x1000)  # caches another gfn
+    assert vcpu.access(MMIO).path is Path.FAST  # the SPTE's generation matches
+    assert vcpu.stats.mmio_exits == 4
+
+
+def test_a_stale_mmio_spte_goes_to_the_slow_path_which_maps_the_new_ram(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    vcpu.access(MMIO)
+    vm.set_user_memory_region(1, 0, MMIO, 0x1000, HVA + 0x1000_0000)
+    out = vcpu.access(MMIO)
+    assert (out.kind, out.path) == (AccessKind.RAM, Path.SLOW)
+    # The per-vCPU cache refused (stale generation), then the SPTE check said INVALID.
+    assert vcpu.stats.mmio_cache_hits == 0 and vcpu.stats.mmio_fast_invalid == 1
+
+
+def test_the_fast_path_counts_a_stale_generation_as_invalid(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    vcpu.access(MMIO)
+    vcpu.access(MMIO + 0x1000)  # the cache now names another gfn
+    vm.set_user_memory_region(1, 0, 0x800000, 0x1000, HVA + 0x1000_0000)  # unrelated CREATE
+    out = vcpu.access(MMIO)
+    assert (out.kind, out.path) == (AccessKind.MMIO, Path.SLOW)
+    assert vcpu.stats.mmio_fast_invalid == 1 and vcpu.stats.pf_mmio_spte_created == 3
+
+
+def test_a_write_to_a_readonly_slot_exits_as_mmio_and_leaves_memory_unchanged(vm: VM) -> None:
+    vm.set_user_memory_region(1, KVM_MEM_READONLY, 0x800000, 0x1000, HVA + 0x100_0000)
+    vm.host_memory.write(HVA + 0x100_0000, b"\x2a")
+    vcpu = vm.create_vcpu()
+    assert vcpu.access(0x800000, size=1).value == 0x2A
+    out = vcpu.access(0x800000, write=True, size=1, value=7)
+    assert (out.kind, out.write, out.exit_to_userspace) == (AccessKind.MMIO, True, True)
+    assert vm.host_memory.read(HVA + 0x100_0000, 1) == b"\x2a"
+    leaf = vcpu.arch.psc_page
+    assert leaf is not None and not leaf.spt[0] & SPTE_WRITABLE
+
+
+def test_in_kernel_devices_answer_without_an_exit(vm: VM) -> None:
+    bank = RegisterBank("doorbell")
+    vm.register_device(MMIO, 0x1000, bank)
+    vcpu = vm.create_vcpu()
+    vcpu.access(MMIO + 8, write=True, value=0xABCD)
+    out = vcpu.access(MMIO + 8)
+    assert (out.kind, out.value, out.exit_to_userspace) == (AccessKind.MMIO, 0xABCD, False)
+    assert vcpu.stats.mmio_exits == 0 and bank.writes == 1
+
+
+def test_emulated_accesses_consult_the_cache_then_the_memslots(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    ram = vcpu.access(0x3000, emulated=True)
+    assert (ram.kind, ram.path) == (AccessKind.RAM, Path.EMULATOR)
+    vcpu.access(MMIO)  # fills the cache
+    out = vcpu.access(MMIO, emulated=True)
+    assert (out.kind, out.path) == (AccessKind.MMIO, Path.CACHE)
+    assert 0x3 not in vm.kvm.mmu.ever_mapped  # the emulator reads memory, maps nothing
+
+
+def test_dirty_logging_maps_read_only_until_the_first_write_which_it_logs(vm: VM) -> None:
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x5000)
+    assert vm.get_dirty_log(0)[0] == 0
+    vcpu.access(0x5000, write=True, value=1)
+    bitmap = vm.get_dirty_log(0)
+    assert bitmap[0] == 1 << 5 and not any(bitmap[1:])
+    assert not any(vm.get_dirty_log(0))  # cleared by the read
+    vcpu.access(0x5000, write=True, value=2)  # re-protected: logged again
+    assert vm.get_dirty_log(0)[0] == 1 << 5
+
+
+def test_large_pages_map_a_2mib_region_with_one_leaf() -> None:
+    vm = VM("generation", large_pages=True, strict=True)
+    vm.set_user_memory_region(0, 0, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    out = vcpu.access(0x201234, write=True, value=9)
+    assert out.hva == HVA + 0x201234
+    assert vcpu.access(0x3FF000).path is Path.HW  # same 2 MiB leaf
+    level2 = vcpu.arch.root.children[0].children[0]  # type: ignore[union-attr]
+    assert level2 is not None and level2.spt[1] & SPTE_LARGE
+
+
+def test_dirty_logging_splits_a_large_leaf_on_write() -> None:
+    vm = VM("generation", large_pages=True, strict=True)
+    vm.set_user_memory_region(0, 0, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x200000)
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x400000, HVA)
+    vcpu.access(0x203000, write=True, value=5)
+    assert vm.get_dirty_log(0)[0x203 // 8] == 1 << (0x203 % 8)
+    assert vcpu.access(0x203000).value == 5
+
+
+def test_a_fault_on_a_slot_being_deleted_retries_until_the_delete_completes(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    update = vm.set_user_memory_region_steps(0, 0, 0, 0, HVA)
+    while next(update) is not Step.SRCU_SYNC:  # the invalid copy is now published
+        pass
+    access = vcpu.access_steps(0x1000)
+    steps = [next(access) for _ in range(6)]
+    assert Step.RETRY in steps  # kvm_faultin_pfn(): KVM_MEMSLOT_INVALID -> RET_PF_RETRY
+    for _ in update:
+        pass
+    out = None
+    try:
+        while True:
+            next(access)
+    except StopIteration as stop:
+        out = stop.value
+    assert out is not None and out.kind is AccessKind.MMIO
+
+
+def test_every_step_the_access_yields_is_a_step() -> None:
+    vm = VM("generation")
+    vcpu = vm.create_vcpu()
+    steps = list(vcpu.access_steps(MMIO))
+    assert steps and all(isinstance(s, Step) for s in steps)
+    assert steps[:2] == [Step.MMU_LOCK, Step.ROOT_RELOAD]  # kvm_mmu_load() first
+    assert Step.READ_GENERATION in steps and steps[-1] == Step.EXIT_TO_USERSPACE
+
+
+def test_bad_access_arguments_are_refused_with_a_reason(vm: VM) -> None:
+    vcpu = vm.create_vcpu()
+    with pytest.raises(ValueError, match="size"):
+        vcpu.access(0, size=3)
+    with pytest.raises(ValueError, match="crosses a page"):
+        vcpu.access(0xFFE, size=4)
+    with pytest.raises(ValueError, match="address width"):
+        vcpu.access(1 << 52)

@@ -1,0 +1,82 @@
+"""Shadow pages: allocation and links, zaps, zap-all-fast batches, range zaps and write protection."""
+
+from __future__ import annotations
+
+from kvmmu.mmu.pages import BATCH_ZAP_PAGES, Mmu
+from kvmmu.mmu.steps import Step, run_to_completion
+from kvmmu.spte import (
+    LAYOUT_MODERN,
+    SPTE_WRITABLE,
+    MmioSpteCodec,
+    ept_mmio_mask,
+    make_ram_spte,
+)
+
+
+def new_mmu() -> Mmu:
+    return Mmu(LAYOUT_MODERN, MmioSpteCodec(LAYOUT_MODERN, ept_mmio_mask("modern")))
+
+
+def build_tree(mmu: Mmu, tables: int) -> list:  # type: ignore[type-arg]
+    root, _ = mmu.root_for(0)
+    l3 = mmu.alloc_page(0, 3, 0, root, 0)
+    l2 = mmu.alloc_page(0, 2, 0, l3, 0)
+    leaves = [mmu.alloc_page(i * 512, 1, 0, l2, i) for i in range(tables)]
+    for i, leaf in enumerate(leaves):
+        leaf.spt[0] = make_ram_spte(0x1000 + i, True, False, LAYOUT_MODERN)
+    return leaves
+
+
+def test_a_child_is_linked_by_a_nonleaf_spte_naming_its_address() -> None:
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 2)
+    l2 = leaves[0].parent
+    assert l2 is not None and l2.children[1] is leaves[1]
+    assert l2.spt[1] & ~0xFFF & ((1 << 52) - 1) == leaves[1].hpa
+    assert mmu.stats.mmu_cache_miss == 5
+
+
+def test_unlinking_a_table_frees_its_subtree_and_clears_the_parent_entry() -> None:
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 3)
+    l2 = leaves[0].parent
+    assert l2 is not None
+    freed = mmu.unlink(l2)
+    assert len(freed) == 4 and all(sp.hpa not in mmu.active for sp in freed)
+    assert l2.parent is not None and l2.parent.spt[0] == 0
+    assert mmu.stats.mmu_shadow_zapped == 4
+
+
+def test_zap_all_fast_frees_every_page_dropping_the_lock_every_batch() -> None:
+    mmu = new_mmu()
+    build_tree(mmu, 30)
+    who = object()
+    steps = list(mmu.zap_all_fast(who))
+    assert not mmu.active and mmu.mmu_valid_gen == 1
+    assert steps.count(Step.FREE_SHADOW_PAGE) == 33
+    assert steps.count(Step.MMU_LOCK) == 1 + 33 // BATCH_ZAP_PAGES
+    assert mmu.lock.holder is None
+
+
+def test_pages_created_after_zap_all_fast_are_not_obsolete() -> None:
+    mmu = new_mmu()
+    old = build_tree(mmu, 1)[0]
+    run_to_completion(mmu.zap_all_fast(object()))
+    new = build_tree(mmu, 1)[0]
+    assert mmu.is_obsolete(old) and not mmu.is_obsolete(new)
+
+
+def test_a_range_zap_clears_only_the_leaves_in_the_range() -> None:
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 4)
+    zapped = run_to_completion(mmu.zap_gfn_range(object(), 512, 1536, 0))
+    assert zapped == 2
+    assert [bool(leaf.spt[0]) for leaf in leaves] == [True, False, False, True]
+
+
+def test_write_protection_clears_the_writable_bit_in_the_range() -> None:
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 2)
+    n = run_to_completion(mmu.write_protect_range(object(), 0, 512, 0))
+    assert n == 1
+    assert not leaves[0].spt[0] & SPTE_WRITABLE and leaves[1].spt[0] & SPTE_WRITABLE

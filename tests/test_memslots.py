@@ -1,0 +1,222 @@
+"""Memslots: KVM_SET_USER_MEMORY_REGION semantics and errno, lookup, snapshots, generations."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmmu import VM, Change, KvmError
+from kvmmu.memslots import (
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+    MemoryRegionRequest,
+    MemslotState,
+    plan_memory_region,
+)
+from kvmmu.mmu.steps import Step
+
+MIB = 1 << 20
+HVA = 0x7F00_0000_0000
+
+
+def errno_of(vm: VM, *args: int) -> str:
+    try:
+        vm.set_user_memory_region(*args)
+    except KvmError as e:
+        return e.errno_name
+    return "ok"
+
+
+@pytest.fixture
+def vm() -> VM:
+    v = VM("generation")
+    v.set_user_memory_region(0, 0, 0x100000, 2 * MIB, HVA)
+    return v
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    ((1, 0x8, 0x400000, 0x1000, HVA), "EINVAL"),  # unknown flag bit
+    ((1, 0, 0x400800, 0x1000, HVA), "EINVAL"),  # gpa not 4 KiB aligned
+    ((1, 0, 0x400000, 0x1800, HVA), "EINVAL"),  # size not aligned
+    ((1, 0, 0x400000, 0x1000, HVA + 0x10), "EINVAL"),  # userspace address not aligned
+    ((32764, 0, 0x400000, 0x1000, HVA), "EINVAL"),  # slot id >= KVM_CAP_NR_MEMSLOTS
+    ((1 << 16 | 1, 0, 0x400000, 0x1000, HVA), "EINVAL"),  # address space 1 with one space
+    ((1, 0, 0xFFFF_FFFF_FFFF_F000, 0x2000, HVA), "EINVAL"),  # gpa + size wraps past 2^64
+    ((1, 0, 1 << 52, 0x1000, HVA), "EINVAL"),  # beyond the guest physical width
+    ((7, 0, 0x400000, 0, HVA), "EINVAL"),  # delete a slot that does not exist
+    ((0, 0, 0x100000, 4 * MIB, HVA), "EINVAL"),  # change the size of a slot
+    ((0, 0, 0x100000, 2 * MIB, HVA + 0x1000), "EINVAL"),  # change its userspace address
+    ((0, KVM_MEM_READONLY, 0x100000, 2 * MIB, HVA), "EINVAL"),  # toggle READONLY
+    ((1, 0, 0x200000, 2 * MIB, HVA), "EEXIST"),  # new slot overlapping slot 0
+    ((1, 0, 0x300000, 0x1000, HVA), "ok"),  # adjacent: allowed
+    ((1, 0, 0x500000, 2 * MIB, HVA), "ok"),  # same userspace memory as slot 0: allowed
+    ((0, 0, 0x100000, 2 * MIB, HVA), "ok"),  # identical request: success
+    ((32763, 0, 0x400000, 0x1000, HVA), "ok"),  # the last slot id
+])
+def test_requests_get_the_errno_the_kernel_gives(vm: VM, args: tuple[int, ...], want: str) -> None:
+    assert errno_of(vm, *args) == want
+
+
+def test_an_overlap_is_eexist_even_beyond_the_address_width_as_the_kernel_orders_checks() -> None:
+    vm = VM("generation", phys_bits=40)
+    vm.set_user_memory_region(0, 0, (1 << 40) - 0x2000, 0x1000, HVA)
+    assert errno_of(vm, 1, 0, (1 << 40) - 0x2000, 0x4000, HVA) == "EEXIST"
+    assert errno_of(vm, 1, 0, (1 << 40) - 0x1000, 0x2000, HVA) == "EINVAL"
+
+
+def test_errors_say_what_was_wrong(vm: VM) -> None:
+    with pytest.raises(KvmError, match="overlaps slot 0") as e:
+        vm.set_user_memory_region(1, 0, 0x200000, 2 * MIB, HVA)
+    assert e.value.errno_name == "EEXIST" and e.value.errno == 17
+
+
+def test_each_request_is_classified_like_kvm_mr_change(vm: VM) -> None:
+    assert vm.set_user_memory_region(1, 0, 0x400000, 0x1000, HVA) is Change.CREATE
+    assert vm.set_user_memory_region(1, 0, 0x400000, 0x1000, HVA) is Change.NONE
+    assert vm.set_user_memory_region(1, KVM_MEM_LOG_DIRTY_PAGES, 0x400000, 0x1000,
+                                     HVA) is Change.FLAGS_ONLY
+    assert vm.set_user_memory_region(1, KVM_MEM_LOG_DIRTY_PAGES, 0x800000, 0x1000,
+                                     HVA) is Change.MOVE
+    assert vm.set_user_memory_region(1, 0, 0x800000, 0, HVA) is Change.DELETE
+
+
+def test_a_second_address_space_keeps_its_own_slots_and_generation() -> None:
+    vm = VM("generation", address_spaces=2)
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    vm.set_user_memory_region(1 << 16, 0, 0, 0x1000, HVA)  # same gpa, other space: no overlap
+    gens = [s.generation for s in vm.kvm.memslots.active]
+    assert gens == [2, 3]  # modern: start at as_id, step by the number of address spaces
+
+
+@pytest.mark.parametrize(("strategy", "steps"), [
+    ("generation-2013", {Change.CREATE: 1, Change.FLAGS_ONLY: 1, Change.MOVE: 2,
+                         Change.DELETE: 2}),
+    ("generation-2014", {Change.CREATE: 2, Change.FLAGS_ONLY: 2, Change.MOVE: 4,
+                         Change.DELETE: 4}),
+    ("generation", {Change.CREATE: 1, Change.FLAGS_ONLY: 1, Change.MOVE: 2, Change.DELETE: 2}),
+])
+def test_the_generation_steps_as_the_era_did(strategy: str, steps: dict[Change, int]) -> None:
+    vm = VM(strategy, start_near_wrap=False)
+    ops = [(Change.CREATE, (0, 0, 0, 0x1000, HVA)),
+           (Change.FLAGS_ONLY, (0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x1000, HVA)),
+           (Change.MOVE, (0, KVM_MEM_LOG_DIRTY_PAGES, 0x1000, 0x1000, HVA)),
+           (Change.DELETE, (0, 0, 0x1000, 0, HVA))]
+    for change, args in ops:
+        before = vm.generation
+        assert vm.set_user_memory_region(*args) is change
+        assert vm.generation - before == steps[change]
+    before = vm.generation
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)  # identical: nothing bumps
+    assert vm.generation - before == steps[Change.CREATE]
+
+
+def published_generations(vm: VM, *args: int) -> list[int]:
+    """The generation seen right after each publish of one update."""
+    seen = []
+    gen = vm.set_user_memory_region_steps(*args)
+    for step in gen:
+        if step is Step.SRCU_SYNC:  # just after PUBLISH_MEMSLOTS
+            seen.append(vm.kvm.memslots.active[0].generation)
+    return seen
+
+
+def test_modern_updates_publish_with_the_in_progress_flag_set() -> None:
+    vm = VM("generation")
+    seen = published_generations(vm, 0, 0, 0, 0x1000, HVA)
+    assert seen == [KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS | 0]
+    assert vm.generation == 1
+
+
+def test_2014_updates_publish_an_odd_generation_then_step_again() -> None:
+    vm = VM("generation-2014", start_near_wrap=False)
+    assert published_generations(vm, 0, 0, 0, 0x1000, HVA) == [1]
+    assert vm.generation == 2
+
+
+def test_2013_updates_publish_the_final_generation_at_once() -> None:
+    vm = VM("generation-2013", start_near_wrap=False)
+    assert published_generations(vm, 0, 0, 0, 0x1000, HVA) == [1]
+    assert vm.generation == 1
+
+
+def test_delete_publishes_the_slot_marked_invalid_first() -> None:
+    vm = VM("generation")
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    invalid_seen = []
+    for step in vm.set_user_memory_region_steps(0, 0, 0, 0, HVA):
+        if step is Step.SRCU_SYNC:
+            slot = vm.kvm.memslots.active[0].by_id.get(0)
+            invalid_seen.append(slot is not None and slot.invalid)
+    assert invalid_seen == [True, False]
+    assert vm.memslots() == []
+
+
+def test_start_near_wrap_starts_150_below() -> None:
+    assert VM("generation-2013").generation == (1 << 19) - 150
+    assert VM("generation-2014").generation == (1 << 20) - 150
+    assert VM("generation").generation == 0
+    assert VM("generation", start_near_wrap=True).generation == (1 << 19) - 150
+
+
+def test_a_reader_keeps_the_snapshot_it_took() -> None:
+    vm = VM("generation")
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    snapshot = vm.kvm.memslots.active[0]
+    vm.set_user_memory_region(0, 0, 0, 0, HVA)
+    vm.set_user_memory_region(1, 0, 0, 0x2000, HVA + 0x10000)
+    assert snapshot.lookup(0) is not None and snapshot.lookup(0).id == 0
+    assert snapshot.lookup(1) is None
+    assert vm.kvm.memslots.active[0].lookup(1).id == 1  # type: ignore[union-attr]
+
+
+request = st.tuples(
+    st.integers(0, 5),  # slot
+    st.sampled_from([0, 0, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, 0x4]),
+    st.integers(0, 40).map(lambda p: p << 12),  # gpa
+    st.sampled_from([0, 1, 2, 3, 8]).map(lambda p: p << 12),  # size
+    st.sampled_from([HVA, HVA + 0x100000]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(request, max_size=40))
+def test_any_request_sequence_keeps_slots_disjoint_and_refusals_change_nothing(
+        requests: list[tuple[int, int, int, int, int]]) -> None:
+    vm = VM("generation")
+    for req in requests:
+        before_slots = vm.memslots()
+        before_gen = vm.generation
+        try:
+            change = vm.set_user_memory_region(*req)
+        except KvmError:
+            assert vm.memslots() == before_slots and vm.generation == before_gen
+            continue
+        if change is Change.NONE:
+            assert vm.generation == before_gen
+        slots = vm.memslots()
+        for i, a in enumerate(slots):
+            for b in slots[i + 1:]:
+                assert a.end_gfn <= b.base_gfn or b.end_gfn <= a.base_gfn
+        for gfn in range(0, 48):
+            brute = [s for s in slots if s.contains(gfn)]
+            found = vm.kvm.memslots.active[0].lookup(gfn)
+            assert (found is None and not brute) or (found is not None and [found] == brute)
+
+
+def test_plan_refuses_values_that_do_not_fit_the_ioctl_struct() -> None:
+    state = MemslotState.create("modern", 1, gen_mask=(1 << 19) - 1, start_below_wrap=None)
+    with pytest.raises(KvmError, match="u32"):
+        plan_memory_region(MemoryRegionRequest(1 << 32, 0, 0, 0x1000, HVA), state, phys_bits=52)
+
+
+def test_lookup_finds_each_of_thousands_of_slots() -> None:
+    vm = VM("generation", oracle=False)
+    n = 2000  # enough to exercise the binary search; the id limit is pinned above
+    for i in range(n):
+        vm.set_user_memory_region(i, 0, i << 13, 0x1000, HVA + (i << 12))
+    slots = vm.kvm.memslots.active[0]
+    assert all(slots.lookup(i << 1).id == i for i in range(n))  # type: ignore[union-attr]
+    assert all(slots.lookup((i << 1) | 1) is None for i in range(n))

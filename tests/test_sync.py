@@ -1,0 +1,42 @@
+"""mmu_lock and SRCU: blocking steps that re-check their condition when resumed."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmmu.mmu.steps import Step, run_to_completion
+from kvmmu.sync import MmuLock, Srcu
+
+
+def test_a_held_lock_makes_a_second_acquirer_spin_until_release() -> None:
+    lock = MmuLock()
+    a, b = object(), object()
+    run_to_completion(lock.acquire(a))
+    waiter = lock.acquire(b)
+    assert next(waiter) is Step.MMU_LOCK and lock.is_blocked()
+    assert next(waiter) is Step.MMU_LOCK  # still held: spins
+    assert lock.contended == 1
+    run_to_completion(lock.release(a))
+    with pytest.raises(StopIteration):
+        next(waiter)
+    assert lock.holder is b and lock.acquisitions == 2
+
+
+def test_releasing_a_lock_one_does_not_hold_is_an_error() -> None:
+    lock = MmuLock()
+    run_to_completion(lock.acquire("a"))
+    with pytest.raises(RuntimeError, match="held by"):
+        run_to_completion(lock.release("b"))
+
+
+def test_a_grace_period_waits_for_readers_from_before_it_only() -> None:
+    srcu = Srcu()
+    srcu.read_lock("old")
+    sync = srcu.synchronize()
+    assert next(sync) is Step.SRCU_SYNC and srcu.is_blocked()
+    srcu.read_lock("new")  # entered after the grace period began: not waited for
+    srcu.read_unlock("old")
+    assert not srcu.is_blocked()
+    with pytest.raises(StopIteration):
+        next(sync)
+    assert srcu.grace_periods == 1

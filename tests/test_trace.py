@@ -1,0 +1,56 @@
+"""Tracepoints: the kernel's TP_printk formats, as ftrace lines, only when tracing is on."""
+
+from __future__ import annotations
+
+import re
+
+from kvmmu import VM, Tracer
+
+HVA = 0x7F00_0000_0000
+FTRACE = re.compile(r"^\s*\S+-\d+ \[\d{3}\] \.\.\.1\.\s+\d+\.\d{6}: (\w+): (.*)$")
+
+
+def test_each_event_uses_the_kernels_format_string() -> None:
+    t = Tracer()
+    t.mark_mmio_spte(0, 0xFFFF8880_01234000, 0x300, 0x6, 0x1F)
+    t.handle_mmio_page_fault(0, 0, 0x300, 0x6)
+    t.check_mmio_spte(0, 0xC000_0000_0030_0006, 0x20, 0x1F, False)
+    t.kvm_mmu_zap_all_fast(0, 3, 0x12)
+    t.kvm_mmu_get_page(0, Tracer.sp_text(0, 0x200, 1, 0), True)
+    t.kvm_mmio(0, "unsatisfied-read", 4, 0xFEE00000, 0)
+    texts = [r.text for r in t.records]
+    assert texts == [
+        "sptep:ffff888001234000 gfn 300 access 6 gen 1f",
+        "addr:0 gfn 300 access 6",
+        "spte c000000000300006 kvm_gen 20 spte-gen 1f valid 0",
+        "kvm-mmu-valid-gen 3 used_pages 12",
+        "sp gen 0 gfn 200 l1 8-byte q0 direct wux nxe ad root 0 sync new",
+        "mmio unsatisfied-read len 4 gpa 0xfee00000 val 0x0",
+    ]
+    for line in t.lines():
+        assert FTRACE.match(line), line
+
+
+def test_a_traced_vm_records_the_mmio_life_cycle_in_order() -> None:
+    vm = VM("generation", trace=True)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0xFEE00000)
+    vcpu.access(0xFEE01000)
+    vcpu.access(0xFEE00000)
+    assert vm.kvm.trace is not None
+    events = [r.event for r in vm.kvm.trace.records]
+    assert events.index("mark_mmio_spte") < events.index("kvm_mmio")
+    assert "check_mmio_spte" in events and "handle_mmio_page_fault" in events
+    assert events.count("kvm_mmio") == 3
+
+
+def test_tracing_is_off_by_default_and_then_there_is_no_tracer() -> None:
+    vm = VM("generation")
+    assert vm.kvm.trace is None
+
+
+def test_an_event_filter_keeps_only_the_named_events() -> None:
+    t = Tracer(events=frozenset({"kvm_mmio"}))
+    vm = VM("generation", trace=t)
+    vm.create_vcpu().access(0xFEE00000)
+    assert {r.event for r in t.records} == {"kvm_mmio"}

@@ -1,0 +1,140 @@
+"""The VM: random churn under every strategy is correct; statistics; parameters; state digest."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+
+from kvmmu import STRATEGIES, VM, KvmError, Step
+from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+
+HVA = 0x7F00_0000_0000
+
+
+def churn(vm: VM, ops: int, seed: int, gfns: int = 80, check: bool = True) -> int:
+    """Random memslot changes, dirty-log reads and accesses from 3 vCPUs; returns ops applied.
+
+    Slots and accesses fall in the first ``gfns`` frames; every 1000 operations the state
+    invariant is checked (with ``check``).
+    """
+    rng = random.Random(seed)
+    vcpus = [vm.create_vcpu() for _ in range(3)]
+    for i in range(ops):
+        r = rng.random()
+        if r < 0.15:
+            slot = rng.randrange(6)
+            old = vm.kvm.memslots.active[0].by_id.get(slot)
+            flags = rng.choice([0, 0, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY])
+            gpa = rng.randrange(gfns * 4 // 5) << 12
+            size = rng.choice([0, 1, 2, 4, 8, 512][: 6 if gfns > 16 else 3]) << 12
+            uaddr = HVA + (slot << 24)
+            if old is not None and rng.random() < 0.7:  # mostly valid moves, toggles, deletes
+                size = old.npages << 12 if rng.random() < 0.8 else 0
+                uaddr = old.userspace_addr
+                flags = (flags & KVM_MEM_LOG_DIRTY_PAGES) | (old.flags & KVM_MEM_READONLY)
+            with contextlib.suppress(KvmError):
+                vm.set_user_memory_region(slot, flags, gpa, size, uaddr)
+        elif r < 0.17 and vm.memslots():
+            with contextlib.suppress(KvmError):
+                vm.get_dirty_log(rng.choice(vm.memslots()).id)
+        else:
+            gpa = (rng.randrange(gfns) << 12) | (rng.randrange(512) * 8)
+            rng.choice(vcpus).access(gpa, write=rng.random() < 0.3, size=8,
+                                     value=rng.getrandbits(64), emulated=rng.random() < 0.2)
+        if check and i % 1000 == 0:
+            assert vm.check_state() == []
+    return ops
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("config", [
+    {},
+    {"slot_zap": "slot", "large_pages": True},
+    {"mmio_gen_bits": 3, "start_near_wrap": 4, "mmu": "shadow"},
+], ids=["default", "slot-zap+large-pages", "narrow-generation+shadow"])
+def test_random_churn_of_10000_operations_has_no_oracle_violation(
+        strategy: str, config: dict[str, object]) -> None:
+    vm = VM(strategy, strict=True, **config)  # type: ignore[arg-type]
+    assert churn(vm, 10_000, seed=hash((strategy, str(config))) & 0xFFFF) == 10_000
+    stats = vm.stats
+    assert stats["oracle_violations"] == 0
+    assert stats["oracle_checked"] > 7_000 and stats["memslot_updates"] > 300
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_broken_cache_variant_fails_a_denser_churn(seed: int) -> None:
+    vm = VM("generation+cache-without-gen", strict=False)
+    churn(vm, 10_000, seed=seed, gfns=8, check=False)
+    assert vm.stats["oracle_violations"] > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_correct_strategy_passes_the_denser_churn(seed: int) -> None:
+    vm = VM("generation", strict=True)
+    churn(vm, 10_000, seed=seed, gfns=8)
+    assert vm.stats["oracle_violations"] == 0
+
+
+def test_statistics_carry_kvms_names() -> None:
+    vm = VM("generation")
+    vm.create_vcpu().access(0x1000)
+    for name in ("mmu_cache_miss", "mmu_shadow_zapped", "pf_mmio_spte_created", "mmio_exits",
+                 "pf_taken", "pf_fixed", "exits", "mmio_fast_path", "mmio_cache_hits",
+                 "generation_wraps", "invalidation_pages_walked", "invalidation_sptes_walked",
+                 "mmu_lock_acquisitions", "refaults", "oracle_violations"):
+        assert name in vm.stats
+    assert vm.stats["pf_mmio_spte_created"] == 1 and vm.stats["mmio_exits"] == 1
+
+
+def test_get_dirty_log_errno_matches_the_kernel() -> None:
+    vm = VM("generation")
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    with pytest.raises(KvmError) as e:
+        vm.get_dirty_log(0)
+    assert e.value.errno_name == "ENOENT"
+    with pytest.raises(KvmError) as e:
+        vm.get_dirty_log(3)
+    assert e.value.errno_name == "ENOENT"
+    with pytest.raises(KvmError) as e:
+        vm.get_dirty_log(40000)
+    assert e.value.errno_name == "EINVAL"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"layout": "2015"}, "unknown layout"),
+    ({"mmu": "npt2"}, "mmu must be"),
+    ({"slot_zap": "some"}, "slot_zap must be"),
+    ({"address_spaces": 3}, "address_spaces"),
+    ({"mmio_gen_bits": 40}, "mmio_gen_bits"),
+    ({"phys_bits": 60}, "phys_bits"),
+])
+def test_bad_parameters_are_refused_with_a_reason(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VM("generation", **kwargs)  # type: ignore[arg-type]
+
+
+def test_is_blocked_answers_for_the_lock_and_the_grace_period() -> None:
+    vm = VM("generation")
+    assert not vm.is_blocked(Step.MMU_LOCK)
+    vcpu = vm.create_vcpu()
+    access = vcpu.access_steps(0x1000)
+    assert next(access) is Step.MMU_LOCK  # kvm_mmu_load()
+    next(access)  # holds mmu_lock now
+    assert vm.is_blocked(Step.MMU_LOCK) and not vm.is_blocked(Step.GUEST_ACCESS)
+
+
+def test_the_state_digest_names_pages_by_content_not_by_address() -> None:
+    def build(order: list[int]) -> VM:
+        vm = VM("generation")
+        vm.set_user_memory_region(0, 0, 0, 8 << 20, HVA)
+        vcpu = vm.create_vcpu()
+        for r in order:
+            vcpu.access(r << 21)
+        return vm
+
+    a, b = build([0, 1, 2, 3]), build([3, 2, 1, 0])
+    assert a.state_key() == b.state_key()
+    a.vcpus[0].access(0x1000, write=True, value=1)
+    assert a.state_key() != b.state_key()

@@ -1,79 +1,197 @@
-"""``kvmmu run``: the main job — the embedded scenario under every strategy, compared.
+"""``kvmmu run``: a scenario under every strategy, in simulated time, compared and reported.
 
-Parsing and formatting only; the scenario and its counters live in :mod:`kvmmu.functional`.
+Parsing and formatting only: the simulation is :mod:`kvmmu.sim.run` (the model's own protocol
+generators, charged by :mod:`kvmmu.sim.costs`), the outputs are :mod:`kvmmu.report`. The table
+keeps the functional comparison's counters (faults, refaults, fast-path hits, walks, work under
+``mmu_lock``, wraps, oracle violations) under the timed measures. Bad input is one line on stderr
+and exit status 2 (click's usage errors, or :class:`InputError`).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kvmmu.functional import COLUMNS, ScenarioParams, compare
 from kvmmu.mmu.invalidation import STRATEGIES, strategy_choices
+from kvmmu.report.files import report_dict
+from kvmmu.report.output import write_report
+from kvmmu.report.tables import comparison_table
+from kvmmu.sim.costs import CostError, load_costs
+from kvmmu.sim.run import SimOptions, simulate_all
+from kvmmu.sim.workloads.schema import (
+    MAX_MEMORY,
+    MAX_VCPUS,
+    ScenarioError,
+    load_scenario,
+    parse_size,
+    scenario_names,
+)
+
+DEFAULT_SCENARIO = "boot"
+DEFAULT_OUT = Path("kvmmu-out")
+
+
+class InputError(click.ClickException):
+    """Bad input: one line (``Error: ...``) on stderr and exit status 2."""
+
+    exit_code = 2
+
+
+def _size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    parsed = parse_size(value.strip()) if not value.strip().isdigit() else int(value)
+    if not isinstance(parsed, int):  # pragma: no cover - parse_size returns int or raises
+        raise InputError(f"--memory: not a size: {value!r}")
+    return parsed
 
 
 @click.command("run")
-@click.option("-s", "--strategy", "strategies", multiple=True,
-              type=click.Choice(strategy_choices()), metavar="NAME",
-              help="Strategy to run (repeatable). Default: all of "
-                   f"{', '.join(STRATEGIES)}. Append +no-wrap-zap or +cache-without-gen for a "
-                   "deliberately broken variant.")
-@click.option("--vcpus", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="vCPUs sharing the work.")
-@click.option("--rounds", type=click.IntRange(1, 100_000), default=200, show_default=True,
-              help="Rounds of first-touch, device traffic and one memslot change each.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the device traffic.")
-@click.option("--slot-zap", type=click.Choice(["slot", "all"]), default="slot", show_default=True,
-              help="What DELETE/MOVE zap: only the slot's SPTEs, or everything "
-                   "(KVM_X86_QUIRK_SLOT_ZAP_ALL, KVM's default).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-def command(strategies: tuple[str, ...], vcpus: int, rounds: int, seed: int, slot_zap: str,
-            as_json: bool) -> None:
-    """Run the embedded boot scenario under each invalidation strategy and compare the work.
+@click.argument("scenario", required=False, default=DEFAULT_SCENARIO, metavar="[SCENARIO]")
+@click.option(
+    "-s",
+    "--strategy",
+    "strategies",
+    multiple=True,
+    type=click.Choice(strategy_choices()),
+    metavar="NAME",
+    help="Strategy to simulate (repeatable). Default: all of "
+    f"{', '.join(STRATEGIES)}. Append +no-wrap-zap or +cache-without-gen for a deliberately "
+    "broken variant.",
+)
+@click.option(
+    "--costs",
+    "costs_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Cost profile (TOML, a [costs] table of <name>_ns = int, as `kvmmu calibrate` "
+    "writes). Default: the packaged profile, whose comments cite every figure.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the workload.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results directory, replaced atomically. Default: kvmmu-out/<scenario>.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print report.json on stdout instead of the table (the directory is still written).",
+)
+@click.option(
+    "--vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    help=f"Override the scenario's vCPU count (1..{MAX_VCPUS}).",
+)
+@click.option(
+    "--memory",
+    help="Override the scenario's RAM size, e.g. 64GiB (at most 1TiB; a multiple of the "
+    "scenario's page size).",
+)
+@click.option(
+    "--slot-zap",
+    type=click.Choice(["slot", "all"]),
+    default="slot",
+    show_default=True,
+    help="What DELETE/MOVE zap: only the slot's SPTEs, so that the table shows MMIO "
+    "invalidation alone, or everything (KVM_X86_QUIRK_SLOT_ZAP_ALL, KVM's default).",
+)
+@click.option("--no-oracle", is_flag=True, help="Do not check every access against the oracle (faster).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots (faster).")
+def command(
+    scenario: str,
+    strategies: tuple[str, ...],
+    costs_path: Path | None,
+    seed: int,
+    out_dir: Path | None,
+    as_json: bool,
+    vcpus: int | None,
+    memory: str | None,
+    slot_zap: str,
+    no_oracle: bool,
+    no_plots: bool,
+) -> None:
+    """Simulate SCENARIO under each invalidation strategy and compare what it costs the guest.
 
-    The scenario: RAM first-touched by every vCPU; an option ROM deleted and re-added (PAM);
-    a PCI BAR moved back and forth; dirty logging toggled; an in-kernel doorbell and a
-    userspace device polled. Every VM starts 150 generations below the wrap, so the run
-    crosses it. The oracle checks every access: a correct strategy shows 0 violations.
+    SCENARIO is an embedded scenario name or a TOML file (default: boot). Embedded scenarios:
+    boot, vga-bank-switch, hotplug, migration, rom-loop, virtio-mem, random, fast-zap-2013.
+
+    Every vCPU and the VMM thread run the model's own fault and memslot-update code; each step
+    they take is charged its cost, mmu_lock waiters spin, memslot updates wait for SRCU readers.
+    The table shows memslot update latency (mean, p99), mmu_lock hold and spin, vCPU stall, and
+    the work each scheme did (faults, refaults, fast-path hits, walks, zaps, wraps) with the
+    oracle's verdict (a correct strategy shows 0 violations). Written to the results directory:
+    report.json, summary.csv, trace.json (open in Perfetto or chrome://tracing), PNG plots and
+    index.html. Every VM starts 150 generations below the wrap, so long runs cross it.
     """
     names = list(strategies) or list(STRATEGIES)
-    params = ScenarioParams(vcpus=vcpus, rounds=rounds, seed=seed, slot_zap=slot_zap)
+    try:
+        sc = load_scenario(scenario)
+        mem = _size(memory)
+        if mem is not None and not 0 < mem <= MAX_MEMORY:
+            raise InputError(f"--memory: must be between 4KiB and 1TiB (got {memory})")
+        if vcpus is not None or mem is not None:
+            sc = sc.with_overrides(vcpus=vcpus, memory=mem)
+        costs = load_costs(costs_path)
+    except (ScenarioError, CostError) as exc:
+        raise InputError(str(exc)) from None
+    except ValueError as exc:  # a --memory that is not a size
+        raise InputError(f"--memory: {exc}") from None
+    out = out_dir if out_dir is not None else DEFAULT_OUT / _dirname(sc.name)
+    opts = SimOptions(
+        seed=seed,
+        oracle=not no_oracle,
+        vm_options={"slot_zap": slot_zap, "start_near_wrap": True},
+    )
     err = Console(stderr=True)
-    with Progress(console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as bar:
         task = bar.add_task("simulating", total=len(names))
+        done: dict[str, float] = {}
 
-        def step(name: str) -> None:
-            bar.update(task, description=f"running {name}")
+        def step(name: str, fraction: float) -> None:
+            done[name] = fraction
+            bar.update(task, completed=sum(done.values()), description=f"simulating {name}")
 
-        results = compare(names, params, progress=step)
-        bar.update(task, completed=len(names))
+        run = simulate_all(sc, names, costs, opts, step)
+        bar.update(task, description="writing the report")
+        files = write_report(run, out, plots=not no_plots)
+    wall = time.perf_counter() - t0
     if as_json:
-        click.echo(json.dumps({
-            "scenario": "boot (functional)",
-            "params": {"vcpus": vcpus, "rounds": rounds, "seed": seed, "slot_zap": slot_zap},
-            "results": [{"strategy": r.strategy, **r.counters, "stats": r.stats}
-                        for r in results],
-        }, indent=2))
+        click.echo(json.dumps(report_dict(run), indent=1))
         return
-    table = Table(title=f"kvmmu run: boot scenario, {vcpus} vCPUs, {rounds} rounds "
-                        f"(DELETE/MOVE zap: {slot_zap})", title_justify="left")
-    table.add_column("", style="bold", no_wrap=True)
-    for r in results:
-        table.add_column(r.strategy.replace("+", "\n+"), justify="right", no_wrap=True)
-    for key, heading in COLUMNS:
-        cells = []
-        for r in results:
-            v = r.counters[key]
-            cells.append(f"[red]{v:,}[/red]" if key == "oracle_violations" and v else f"{v:,}")
-        table.add_row(heading, *cells)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=160)  # piped: do not squeeze the table into 80 columns
-    out.print(table)
-    out.print("[dim]faults: slow-path page faults (refaults: on a gfn mapped before); fast-path "
-              "hits: MMIO answered by the SPTE or the per-vCPU cache; work under mmu_lock: "
-              "acquisitions + pages and SPTEs zapped, walked or write-protected.[/dim]")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)  # piped: do not squeeze the table into 80 columns
+    console.print(comparison_table(run))
+    console.print(
+        "[dim]update latency: one KVM_SET_USER_MEMORY_REGION, from the ioctl to its return; "
+        "mmu_lock held/spin: summed over all threads; vCPU stall: time vCPUs spent out of the "
+        "guest handling their accesses (spin included); refaults: slow-path faults on a gfn "
+        "mapped before.[/dim]"
+    )
+    console.print(f"{len(files)} files in {out}/ ({wall:.1f} s): {', '.join(f.name for f in files)}")
+
+
+def _dirname(name: str) -> str:
+    """A directory name for a scenario name (which a TOML file may set to anything)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "scenario"
+
+
+#: The embedded scenarios, for tests and documentation.
+EMBEDDED = scenario_names()

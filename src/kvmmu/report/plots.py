@@ -12,7 +12,7 @@ stall time vs vCPU count, update latency vs shadow pages).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -160,3 +160,42 @@ def plot_run(run: RunResult, out: Path) -> list[Path]:
         plot_lock_and_faults(run, out / "lock_and_faults.png"),
         plot_stall_cdf(run, out / "stall_cdf.png"),
     ]
+
+
+def plot_grouped_bars(
+    data: Mapping[str, Mapping[str, float]],
+    keys: Sequence[tuple[str, str]],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    published: Sequence[tuple[str, float]] = (),
+) -> Path:
+    """One group of bars per strategy (``data[strategy][key]``), one bar per ``(key, label)``."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    names = list(data)
+    width = 0.8 / max(1, len(keys))
+    hatches = ("", "//", "..", "xx")
+    for k, (key, label) in enumerate(keys):
+        xs = [i + (k - (len(keys) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(
+            xs,
+            [float(data[n][key]) for n in names],
+            width,
+            label=label,
+            color=[colour(n) for n in names],
+            hatch=hatches[k % len(hatches)],
+            edgecolor="black",
+            linewidth=0.5,
+        )
+    for label, value in published:
+        ax.axhline(value, ls=":", color="black", lw=1)
+        ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if len(keys) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,9 +1,12 @@
-"""The comparison table: one row per strategy, human units, rendered with rich.
+"""The comparison table: one column per strategy, one row per measure, rendered with rich.
 
-Design. The columns are the questions users ask (update latency, lock hold, stalls, refaults, what
-the fast path saved, correctness); units are chosen per column (µs for latencies, ms for totals)
-so the table reads without a calculator. ``summary.csv`` and ``report.json`` keep raw ns. Prior
-art: ``hyperfine``'s result table, rich's ``Table``.
+Design. Rows are the questions users ask, grouped: what memslot updates cost (latency, ``mmu_lock``
+hold and spin, vCPU stall: simulated time), then the work each scheme did (faults, refaults, fast
+path, walks, zaps, wraps: the functional comparison's counters) and whether the oracle saw anything
+wrong. Strategies are columns so the table stays readable with six or more of them and many rows;
+units are chosen per row (µs for latencies, ms for totals) so it reads without a calculator, while
+``summary.csv`` and ``report.json`` keep raw ns. Prior art: ``hyperfine``'s comparison output and
+the functional ``kvmmu run`` table this one extends.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from rich.table import Table
 from kvmmu.sim.results import RunResult
 
 Row = Mapping[str, int | float | str]
+Formatter = Callable[[int | float | str], str]
 
 
 def _us(v: int | float | str) -> str:
@@ -29,42 +33,70 @@ def _n(v: int | float | str) -> str:
     return f"{int(v):,}"
 
 
-#: (header, summary key, formatter, justify)
-COLUMNS: Sequence[tuple[str, str, Callable[[int | float | str], str]]] = (
-    ("updates", "updates", _n),
-    ("update mean µs", "update_latency_mean_ns", _us),
-    ("update p99 µs", "update_latency_p99_ns", _us),
-    ("mmu_lock held ms", "mmu_lock_hold_ns", _ms),
-    ("lock spin ms", "mmu_lock_wait_ns", _ms),
-    ("vCPU stall ms", "vcpu_stall_ns", _ms),
+#: (heading, summary key, formatter), in display order; a ``None`` key starts a section.
+ROWS: Sequence[tuple[str, str | None, Formatter | None]] = (
+    ("time (simulated)", None, None),
+    ("memslot updates", "updates", _n),
+    ("update latency mean (µs)", "update_latency_mean_ns", _us),
+    ("update latency p99 (µs)", "update_latency_p99_ns", _us),
+    ("update latency max (µs)", "update_latency_max_ns", _us),
+    ("mmu_lock held (ms)", "mmu_lock_hold_ns", _ms),
+    ("mmu_lock spin (ms)", "mmu_lock_wait_ns", _ms),
+    ("vCPU stall (ms)", "vcpu_stall_ns", _ms),
+    ("work (counted)", None, None),
+    ("guest accesses", "accesses", _n),
     ("faults", "faults", _n),
     ("refaults", "refaults", _n),
+    ("  of RAM / of MMIO", "refaults_split", None),
     ("fast-path hits", "fast_path_hits", _n),
-    ("cache hits", "cache_hits", _n),
+    ("per-vCPU cache hits", "cache_hits", _n),
+    ("MMIO exits", "mmio_exits", _n),
+    ("shadow pages walked", "shadow_pages_walked", _n),
+    ("SPTEs walked", "sptes_walked", _n),
+    ("work under mmu_lock", "lock_work", _n),
     ("MMIO SPTEs zapped", "mmio_sptes_zapped", _n),
-    ("wraps", "generation_wraps", _n),
+    ("generation wraps", "generation_wraps", _n),
+    ("VMM requests refused", "vmm_errors", _n),
     ("oracle violations", "oracle_violations", _n),
 )
 
+#: The flat columns of the HTML table (heading, key, formatter): the rows above that have a key.
+COLUMNS: Sequence[tuple[str, str, Formatter]] = tuple(
+    (h, k, f) for h, k, f in ROWS if k is not None and f is not None
+)
 
-def comparison_table(run: RunResult, title: str | None = None) -> Table:
-    """The rich table comparing the strategies of ``run``."""
-    params = run.params
-    table = Table(
-        title=title
-        or (
-            f"{run.scenario}: {params.get('vcpus')} vCPUs, "
-            f"{int(params.get('memory', 0)) >> 20} MiB, "
-            f"{int(params.get('duration_ns', 0)) / 1e6:g} ms simulated, seed {run.seed}"
-        ),
-        title_justify="left",
+
+def _cell(row: Row, key: str, fmt: Formatter | None) -> str:
+    if key == "refaults_split":
+        return f"{int(row['refaults_ram']):,} / {int(row['refaults_mmio']):,}"
+    assert fmt is not None
+    text = fmt(row[key])
+    if key == "oracle_violations" and int(row[key]):
+        return f"[bold red]{text}[/bold red]"
+    return text
+
+
+def title(run: RunResult) -> str:
+    """The one-line description of a run, above its table."""
+    p = run.params
+    active = p.get("active_vcpus", p.get("vcpus"))
+    return (
+        f"kvmmu run: {run.scenario}, {p.get('vcpus')} vCPUs ({active} active), "
+        f"{int(p.get('memory', 0)) >> 20:,} MiB RAM, {int(p.get('duration_ns', 0)) / 1e6:g} ms "
+        f"simulated, DELETE/MOVE zap: {p.get('slot_zap', 'all')}, seed {run.seed}"
     )
-    table.add_column("strategy", style="bold")
-    for header, _, _ in COLUMNS:
-        table.add_column(header, justify="right")
+
+
+def comparison_table(run: RunResult) -> Table:
+    """The rich table comparing the strategies of ``run``."""
+    table = Table(title=title(run), title_justify="left")
+    table.add_column("", style="bold", no_wrap=True)
+    rows = [r.summary() for r in run.strategies]
     for r in run.strategies:
-        row = r.summary()
-        cells = [fmt(row[key]) for _, key, fmt in COLUMNS]
-        style = "red" if int(row["oracle_violations"]) else None
-        table.add_row(str(row["strategy"]), *cells, style=style)
+        table.add_column(r.strategy.replace("+", "\n+"), justify="right", no_wrap=True)
+    for heading, key, fmt in ROWS:
+        if key is None:
+            table.add_row(f"[dim italic]{heading}[/dim italic]", *["" for _ in rows])
+            continue
+        table.add_row(heading, *[_cell(row, key, fmt) for row in rows])
     return table

@@ -33,6 +33,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "mmio_sptes_created",
     "mmio_sptes_zapped",
     "shadow_pages_zapped",
+    "shadow_pages_walked",
+    "sptes_walked",
+    "lock_work",
     "generation_wraps",
     "oracle_violations",
     "vmm_errors",
@@ -73,6 +76,8 @@ class UpdateRecord:
     change: str  # the model's Change, or "error"
     latency_ns: int
     error: str = ""
+    #: Index of the VMM action it belongs to (a remap is a delete and a create).
+    action: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +130,16 @@ class StrategyResult:
 
     @property
     def latencies(self) -> list[int]:
+        """Latency of every update that changed something (ns)."""
         return [u.latency_ns for u in self.updates if u.change not in ("error", "none")]
+
+    def action_latencies(self, op: str | None = None) -> list[int]:
+        """Latency of every VMM action (a remap's delete and create together), optionally one op."""
+        total: dict[int, int] = {}
+        for u in self.updates:
+            if op is None or u.op == op:
+                total[u.action] = total.get(u.action, 0) + u.latency_ns
+        return list(total.values())
 
     def summary(self) -> dict[str, int | float | str]:
         """One row of the comparison table (keys: :data:`SUMMARY_COLUMNS`)."""
@@ -152,6 +166,14 @@ class StrategyResult:
             "mmio_sptes_created": st.get("pf_mmio_spte_created", 0),
             "mmio_sptes_zapped": st.get("mmio_sptes_zapped", 0),
             "shadow_pages_zapped": st.get("mmu_shadow_zapped", 0),
+            # The functional comparison's measures of work (kvmmu.functional), same formulas.
+            "shadow_pages_walked": st.get("invalidation_pages_walked", 0) + st.get("mmu_shadow_zapped", 0),
+            "sptes_walked": st.get("invalidation_sptes_walked", 0),
+            "lock_work": st.get("mmu_lock_acquisitions", 0)
+            + st.get("sptes_zapped", 0)
+            + st.get("mmu_shadow_zapped", 0)
+            + st.get("invalidation_pages_walked", 0)
+            + st.get("sptes_write_protected", 0),
             "generation_wraps": st.get("generation_wraps", 0),
             "oracle_violations": st.get("oracle_violations", 0),
             "vmm_errors": self.vmm_errors,

@@ -57,7 +57,12 @@ from kvmmu.sim.results import (
     ThreadResult,
     UpdateRecord,
 )
-from kvmmu.sim.workloads.guest import accesses, active_vcpus, prefault_gpas
+from kvmmu.sim.workloads.guest import (
+    accesses,
+    active_vcpus,
+    prefault_device_gpas,
+    prefault_gpas,
+)
 from kvmmu.sim.workloads.schema import Scenario
 from kvmmu.sim.workloads.vmm import Region, VmmState, schedule
 from kvmmu.vcpu import Vcpu
@@ -76,7 +81,7 @@ _SRCU_SYNC = Step.SRCU_SYNC
 _BLOCKING = (Step.MMU_LOCK, Step.SRCU_SYNC)
 _FREE_PAGE = Step.FREE_SHADOW_PAGE
 _BUMP = Step.BUMP_MMU_VALID_GEN
-_ZAP_STEPS = frozenset({Step.FREE_SHADOW_PAGE, Step.BUMP_MMU_VALID_GEN, Step.WALK_SHADOW_PAGE})
+_WALK = Step.WALK_SHADOW_PAGE
 
 
 @dataclass(slots=True)
@@ -174,6 +179,8 @@ class _Sim:
         for i, vcpu in enumerate(vcpus):
             for gpa in prefault_gpas(sc, i):
                 vcpu.access(gpa, write=True, size=8, value=i)
+        for gpa in prefault_device_gpas(sc):
+            vcpus[0].access(gpa, write=False, size=4)
         return vcpus, state
 
     # --- the stepping core ----------------------------------------------------------------
@@ -239,6 +246,8 @@ class _Sim:
                     th.srcu_wait_ns += waited
                     if self.trace:
                         self._span(th, "wait for SRCU readers", "srcu-wait", t0, waited)
+            if step is _BUMP or (step is _WALK and th.last_step is _MMU_LOCK):
+                self._estimate_density(th)  # before the step: the pages are all still there
             # Perform the step: resume the generator up to its next yield.
             if counters is not None:
                 exits, pf, refaults = counters.exits, counters.pf_taken, counters.refaults
@@ -253,8 +262,9 @@ class _Sim:
             self.steps += 1
             now = engine.now
             cost = by_step[step] + handoff
-            if step in _ZAP_STEPS:
-                cost += self._zap_extra(th, step)
+            if step is _FREE_PAGE:
+                self.freed_sptes += th.density
+                cost += round(self.c_zap * th.density)
             th.last_step = step
             if step is _MMU_LOCK:
                 if done or nxt is not _MMU_LOCK:
@@ -282,25 +292,20 @@ class _Sim:
                 return result
             step = nxt
 
-    def _zap_extra(self, th: _Thread, step: Step) -> int:
-        """The per-entry part of freeing a shadow page, from the model's public counters.
+    def _estimate_density(self, th: _Thread) -> None:
+        """Estimate the live SPTEs per shadow page for the zap run ``th`` starts now.
 
         The model frees a page with one step whatever it holds; KVM's cost is per live entry
-        (``real-kvm-here.md``: ~46 ns each). At the start of a zap run (the bump of
-        ``mmu_valid_gen``, or the first page walked after taking the lock) the live leaf SPTEs per
-        page are estimated as (SPTEs installed - SPTEs cleared one by one - SPTEs freed with pages
-        so far) / shadow pages, all from ``vm.stats``; each freed page is then charged that many
-        ``spte_zapped_ns`` on top of ``shadow_page_freed_ns``.
+        (``real-kvm-here.md``: ~46 ns each). When a zap run starts (the bump of ``mmu_valid_gen``,
+        or the first page walked after taking the lock) the live leaf SPTEs per page are estimated
+        from ``vm.stats`` as (SPTEs installed - SPTEs cleared one by one - SPTEs freed with pages
+        so far) / shadow pages; each page freed in the run is then charged that many
+        ``spte_zapped_ns`` on top of ``shadow_page_freed_ns``. It is an average over all pages:
+        a page denser than the average is undercharged, a sparser one overcharged.
         """
-        if step is not _FREE_PAGE:
-            if step is _BUMP or th.last_step is _MMU_LOCK:
-                st = self.vm.stats
-                installed = st["pf_fixed"] + st["pf_mmio_spte_created"]
-                live = installed - st["sptes_zapped"] - self.freed_sptes
-                th.density = max(0.0, live / max(1, st["shadow_pages"]))
-            return 0
-        self.freed_sptes += th.density
-        return round(self.c_zap * th.density)
+        st = self.vm.stats
+        live = st["pf_fixed"] + st["pf_mmio_spte_created"] - st["sptes_zapped"] - self.freed_sptes
+        th.density = max(0.0, live / max(1, st["shadow_pages"]))
 
     # --- threads --------------------------------------------------------------------------
     def vcpu_proc(self, th: _Thread, vcpu: Vcpu, index: int) -> Generator[Any, Any, None]:
@@ -338,7 +343,7 @@ class _Sim:
 
     def vmm_proc(self, th: _Thread, state: VmmState) -> Generator[Any, Any, None]:
         engine = self.engine
-        for action in schedule(self.scenario, self.opts.seed):
+        for n, action in enumerate(schedule(self.scenario, self.opts.seed)):
             if action.time >= self.duration:
                 return
             if engine.now < action.time:
@@ -349,12 +354,13 @@ class _Sim:
                 latency = engine.now - t0
                 if change is None:
                     self.updates.append(
-                        UpdateRecord(t0, action.op, region.slot, "error", latency, self._last_error)
+                        UpdateRecord(t0, action.op, region.slot, "error", latency, self._last_error, n)
                     )
                     continue
                 state.accepted(region)
-                self.updates.append(UpdateRecord(t0, action.op, region.slot, change, latency))
-                self.s_updates[t0 // self.bin_ns] += 1  # t0 < duration: issued before the end
+                self.updates.append(UpdateRecord(t0, action.op, region.slot, change, latency, action=n))
+                if t0 < self.duration:
+                    self.s_updates[t0 // self.bin_ns] += 1
                 if self.trace:
                     kind = "delete" if region.is_delete else change
                     self._span(th, f"{action.op}: {kind} slot {region.slot}", "memslot", t0, latency)
@@ -476,6 +482,7 @@ def simulate_all(
             "page_size": g.page_size,
             "duration_ns": scenario.duration,
             "active_vcpus": active_vcpus(scenario),
+            "slot_zap": str(opts.vm_options.get("slot_zap", "all")),
         },
         strategies=tuple(results),
     )

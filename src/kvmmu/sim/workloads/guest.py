@@ -74,8 +74,17 @@ def prefault_gpas(scenario: Scenario, index: int) -> Iterator[int]:
     """
     g = scenario.guest
     w = window(scenario, index)
-    for i in range(round(w.count * g.prefault)):
+    for i in range(0, round(w.count * g.prefault), g.prefault_stride):
         yield g.ram_base + w.page(i) * g.page_size
+
+
+def prefault_device_gpas(scenario: Scenario) -> Iterator[int]:
+    """The device gpas vCPU 0 reads before the clock (every ``prefault_devices``-th page)."""
+    stride = scenario.guest.prefault_devices
+    if not stride:
+        return
+    for d in scenario.devices:
+        yield from range(d.gpa, d.gpa + d.size, stride * 4096)
 
 
 def accesses(scenario: Scenario, index: int, seed: int) -> Iterator[Access]:

@@ -115,6 +115,11 @@ class Guest:
     address_spaces: Literal[1, 2] = 1
     #: Share of each vCPU's working set faulted in (untimed) before the clock starts.
     prefault: Fraction = 0.0
+    #: Prefault every n-th page of the window (512 with 4 KiB pages: one leaf shadow page each).
+    prefault_stride: Annotated[int, Field(ge=1, strict=True)] = 1
+    #: Before the clock, vCPU 0 reads every n-th 4 KiB page of each device (0: none), so that
+    #: MMIO SPTEs exist as in a guest that has been running for a while.
+    prefault_devices: Annotated[int, Field(ge=0, strict=True)] = 0
 
     def __post_init__(self) -> None:
         _check(PAGE_4K <= self.memory <= MAX_MEMORY, "memory", "must be between 4KiB and 1TiB")
@@ -373,6 +378,14 @@ def _dataclass_in(hint: Any) -> Any:
         if found is not None:
             return found
     return None
+
+
+def scenario_from_dict(data: dict[str, Any], path: str = "<built>") -> Scenario:
+    """Validate a scenario given as the dict a TOML file would parse to (for built experiments)."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ScenarioError(f"{path}: " + "; ".join(_message(e) for e in exc.errors())) from None
 
 
 def parse_scenario(text: str, path: str) -> Scenario:

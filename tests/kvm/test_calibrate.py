@@ -29,12 +29,13 @@ def test_measurements_are_plausible(cal: kc.Calibration) -> None:
         assert p.pages_4k >= p.live_ptes  # KVM's own count covers the touched pages
 
 
-def test_zap_all_quirk_makes_delete_grow_with_live_ptes(cal: kc.Calibration) -> None:
+def test_zap_all_quirk_zaps_every_shadow_page_on_delete_and_move(cal: kc.Calibration) -> None:
+    # Timings are noisy on a shared machine; what each operation *zapped* is not.
     top = max(kc.QUICK_PTES)
-    on = cal.point("delete", True, top).median
-    off = cal.point("delete", False, top).median
-    assert on > 3 * off  # tens of ns per live PTE against a flat cost
-    assert kc.zap_slope(cal) > 5
+    for op in ("delete", "move"):
+        assert cal.point(op, True, top).zapped >= top // 512  # at least every leaf page
+        assert cal.point(op, False, top).zapped == 0  # only the small slot's own: none live
+    assert cal.point("create", True, top).zapped == 0
 
 
 def test_profile_loads_in_the_simulation(cal: kc.Calibration) -> None:

@@ -75,6 +75,7 @@ class MemslotPoint:
     live_ptes: int  # pages touched before the operation
     pages_4k: int  # the VM's pages_4k stat just before (KVM's own count of 4 KiB SPTEs)
     samples: tuple[float, ...]
+    zapped: int = 0  # mmu_shadow_zapped during the operation (last run): shadow pages zapped
 
     @property
     def median(self) -> float:
@@ -182,6 +183,7 @@ def measure_memslot_ops(
         for n in live_ptes:
             times: dict[str, list[float]] = {op: [] for op in OPS}
             pages: dict[str, int] = {}
+            zapped: dict[str, int] = {}
             for _ in range(runs):
                 for op in OPS:
                     if n:
@@ -193,13 +195,15 @@ def measure_memslot_ops(
                         args = (1, 0, _SMALL_MOVED_GPA, PAGE, small.addr)
                     else:
                         args = (1, 0, _SMALL_MOVED_GPA, 0, 0)
+                    z0 = vmstats.get("mmu_shadow_zapped")
                     t0 = time.perf_counter_ns()
                     m.set_user_memory_region(*args)
                     times[op].append(float(time.perf_counter_ns() - t0))
+                    zapped[op] = vmstats.get("mmu_shadow_zapped") - z0
                 if progress:
                     progress("memslot operations", 1)
             for op in OPS:
-                points.append(MemslotPoint(op, zap_all, n, pages[op], tuple(times[op])))
+                points.append(MemslotPoint(op, zap_all, n, pages[op], tuple(times[op]), zapped[op]))
     return points
 
 

@@ -134,6 +134,9 @@ class VcpuArch:
     #: The paging-structure cache: the last level-1 table walked to, for gfns ``psc_tag << 9 ..``.
     psc_page: ShadowPage | None = None
     psc_tag: int = -1
+    #: What the last completed access returned, as ``kvm_run`` holds the last exit (the plain
+    #: driver reads it instead of catching the generator's return value).
+    last_outcome: Outcome | None = None
 
 
 def cache_mmio_info(kvm: Kvm, vcpu: VcpuArch, gfn: int, access: int) -> None:
@@ -233,6 +236,7 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                         out = _new_outcome(Outcome, (gpa, size, False, AccessKind.RAM, path,
                                                      hostmem.read_int(hva, size), hva, False,
                                                      traps, spte))
+                    vcpu.last_outcome = out
                     if kvm.on_access is not None:
                         kvm.on_access(vcpu, out, start_epoch)
                     return out
@@ -264,6 +268,7 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
         kvm.srcu.read_lock(vcpu)
     out = yield from _emulate(kvm, vcpu, gpa, gfn, write, size, value, path, traps)
     kvm.srcu.read_unlock(vcpu)
+    vcpu.last_outcome = out
     if kvm.on_access is not None:
         kvm.on_access(vcpu, out, start_epoch)
     return out

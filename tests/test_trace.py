@@ -54,3 +54,22 @@ def test_an_event_filter_keeps_only_the_named_events() -> None:
     vm = VM("generation", trace=t)
     vm.create_vcpu().access(0xFEE00000)
     assert {r.event for r in t.records} == {"kvm_mmio"}
+
+
+def test_a_zap_all_fast_fires_once_and_each_freed_page_fires_prepare_zap() -> None:
+    vm = VM("generation", trace=True)  # DELETE zaps everything (the default quirk)
+    vm.set_user_memory_region(0, 0, 0, 4 << 20, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x1000)
+    vcpu.access(0x20_1000)
+    pages = vm.stats["shadow_pages"]
+    assert vm.kvm.trace is not None
+    vm.kvm.trace.records.clear()
+    vm.set_user_memory_region(0, 0, 0, 0, HVA)
+    events = [r.event for r in vm.kvm.trace.records]
+    assert events.count("kvm_mmu_zap_all_fast") == 1
+    assert events.count("kvm_mmu_prepare_zap_page") == pages == 5
+    zap = next(r for r in vm.kvm.trace.records if r.event == "kvm_mmu_zap_all_fast")
+    assert zap.text == "kvm-mmu-valid-gen 1 used_pages 5"
+    assert all(r.text.startswith("sp gen 0 ") for r in vm.kvm.trace.records
+               if r.event == "kvm_mmu_prepare_zap_page")  # the obsolete generation

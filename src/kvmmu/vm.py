@@ -109,7 +109,7 @@ class VM:
             memslots=MemslotState.create(self.strategy.era, address_spaces, gen_mask=gen_mask,
                                          start_below_wrap=below),
             srcu=Srcu(),
-            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker)),
+            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer),
             host_memory=self.host_memory,
             gen_mask=gen_mask,
             phys_bits=phys_bits,

@@ -175,17 +175,12 @@ class X86Arch:
             yield from self.zap_mmio_sptes(only_cached=zap == "walk-mmio-cached")
 
     def zap_all_fast(self) -> Steps[None]:
-        kvm = self.kvm
-        if kvm.trace is not None:
-            kvm.trace.kvm_mmu_zap_all_fast(0, kvm.mmu.mmu_valid_gen + 1, len(kvm.mmu.active))
-        freed = yield from kvm.mmu.zap_all_fast(self.who)
-        del freed
+        yield from self.kvm.mmu.zap_all_fast(self.who)
 
     def zap_mmio_sptes(self, *, only_cached: bool) -> Steps[None]:
         """``kvm_mmu_zap_mmio_sptes()``: walk the active list under ``mmu_lock``."""
         mmu = self.kvm.mmu
         codec = mmu.codec
-        trace = self.kvm.trace
         yield from mmu.lock.acquire(self.who)
         for sp in list(mmu.active.values()):
             if sp.hpa not in mmu.active:
@@ -195,9 +190,6 @@ class X86Arch:
                     continue
                 yield Step.WALK_SHADOW_PAGE
                 mmu.stats.invalidation_pages_walked += 1
-                if trace is not None:
-                    trace.kvm_mmu_prepare_zap_page(0, trace.sp_text(
-                        sp.mmu_valid_gen, sp.gfn, sp.level, 0))
                 for _page in mmu.unlink(sp):
                     yield Step.FREE_SHADOW_PAGE
                 continue

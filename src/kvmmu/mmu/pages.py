@@ -34,6 +34,7 @@ from kvmmu.spte import (
     make_ram_spte,
 )
 from kvmmu.sync import MmuLock
+from kvmmu.trace import Tracer
 
 ROOT_LEVEL: Final = 4
 #: ``BATCH_ZAP_PAGES``: obsolete pages freed between two breaks of ``mmu_lock``.
@@ -103,6 +104,7 @@ class Mmu:
     #: nothing can match (mask 0, value 1), so the walk needs no separate test.
     hw_mmio_mask: int = 0
     hw_mmio_value: int = 1
+    trace: Tracer | None = None
     #: Bits every RAM leaf carries (``make_ram_spte(0, False, False, layout)``).
     ram_spte_bits: int = 0
 
@@ -159,10 +161,14 @@ class Mmu:
             parent.children[sp.parent_index] = None
         freed: list[ShadowPage] = []
         stack = [sp]
+        trace = self.trace
         while stack:
             page = stack.pop()
             if self.active.pop(page.hpa, None) is None:
                 continue
+            if trace is not None:  # fired before role.invalid is set, as in the kernel
+                trace.kvm_mmu_prepare_zap_page(0, trace.sp_text(
+                    page.mmu_valid_gen, page.gfn, page.level, 0))
             freed.append(page)
             self.stats.mmu_shadow_zapped += 1
             self.stats.mmio_sptes_zapped += page.nr_mmio
@@ -184,6 +190,8 @@ class Mmu:
         yield Step.BUMP_MMU_VALID_GEN
         self.mmu_valid_gen += 1
         self.stats.zap_all_fast += 1
+        if self.trace is not None:
+            self.trace.kvm_mmu_zap_all_fast(0, self.mmu_valid_gen, len(self.active))
         self.roots.clear()
         freed_total = 0
         batch = 0

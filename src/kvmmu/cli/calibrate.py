@@ -112,7 +112,12 @@ def command(out: Path | None, quick: bool, runs: int | None) -> None:
             row = [op, f"{n:,}", f"{cal.point(op, True, n).pages_4k:,}"]
             for zap_all in (True, False):
                 pred = kc.predict_memslot_op(
-                    op, n, zap_all, profile.step, profile["memslot_ioctl_ns"]
+                    op,
+                    n,
+                    zap_all,
+                    profile.step,
+                    profile["memslot_ioctl_ns"],
+                    profile["spte_zapped_ns"],
                 )
                 row += [_us(cal.point(op, zap_all, n).median), _us(pred)]
             curve.add_row(*row)

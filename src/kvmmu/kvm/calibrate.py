@@ -321,12 +321,15 @@ def predict_memslot_op(
     zap_all: bool,
     step_cost: Callable[[Step], int],
     ioctl_ns: int,
+    spte_zapped_ns: int = 0,
 ) -> int:
     """ns the model charges for ``op`` on a 4 KiB slot with ``live_ptes`` live SPTEs.
 
     Builds a model VM like the measured one (a RAM slot with ``live_ptes`` pages touched), then
     drives ``set_user_memory_region_steps`` and sums ``step_cost`` of every yielded step plus
-    ``ioctl_ns`` per request: the timed simulation's charging convention, uncontended.
+    ``ioctl_ns`` per request.  The model frees a shadow page with one step whatever it holds, so,
+    as the timed simulation does (``kvmmu.sim.run``, "density" of a zap run), each freed page is
+    also charged ``spte_zapped_ns`` times the live leaf SPTEs per shadow page at the start.
     """
     vm = VM(
         strategy="generation", phys_bits=52, slot_zap="all" if zap_all else "slot", oracle=False
@@ -344,10 +347,16 @@ def predict_memslot_op(
         gen = vm.set_user_memory_region_steps(1, 0, _SMALL_MOVED_GPA, PAGE, hva + (1 << 32))
     else:
         gen = vm.set_user_memory_region_steps(1, 0, _SMALL_GPA, 0, 0)
+    st = vm.stats
+    live = st["pf_fixed"] + st["pf_mmio_spte_created"] - st["sptes_zapped"]
+    density = max(0.0, live / max(1, st["shadow_pages"]))
     total = ioctl_ns
     try:
         while True:
-            total += step_cost(next(gen))
+            step = next(gen)
+            total += step_cost(step)
+            if step is Step.FREE_SHADOW_PAGE:
+                total += round(spte_zapped_ns * density)
     except StopIteration:
         pass
     return total

@@ -70,9 +70,7 @@ def test_partial_profile_keeps_defaults_and_round_trips(tmp_path: Path) -> None:
         ("[costs\n", "not valid TOML"),
     ],
 )
-def test_validation_errors_name_file_key_and_allowed(
-    tmp_path: Path, text: str, needle: str
-) -> None:
+def test_validation_errors_name_file_key_and_allowed(tmp_path: Path, text: str, needle: str) -> None:
     p = tmp_path / "bad.toml"
     p.write_text(text)
     with pytest.raises(CostError) as info:

@@ -185,6 +185,9 @@ def command(
         "guest handling their accesses (spin included); refaults: slow-path faults on a gfn "
         "mapped before.[/dim]"
     )
+    for r in run.strategies:
+        for v in r.violations[:3]:
+            console.print(f"[red]{r.strategy}: oracle: {v}[/red]", highlight=False)
     console.print(f"{len(files)} files in {out}/ ({wall:.1f} s): {', '.join(f.name for f in files)}")
 
 

@@ -38,6 +38,7 @@ def report_dict(run: RunResult) -> dict[str, Any]:
                 "series": asdict(r.series),
                 "stats": dict(r.stats),
                 "spans_dropped": r.spans_dropped,
+                "oracle_violations": list(r.violations),
             }
         )
     return {

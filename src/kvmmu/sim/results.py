@@ -127,6 +127,8 @@ class StrategyResult:
     vmm_errors: int
     #: The VM's own counters at the end (``VM.stats``), named like KVM's.
     stats: Mapping[str, int] = field(default_factory=dict)
+    #: The oracle's first violations, as it describes them.
+    violations: tuple[str, ...] = ()
 
     @property
     def latencies(self) -> list[int]:

@@ -73,6 +73,7 @@ SERIES_BINS = 100
 #: Caps that keep a long run's report bounded (the counts of what was dropped are reported).
 MAX_SPANS = 60_000
 MAX_STALL_SAMPLES = 500_000
+MAX_VIOLATIONS = 20
 
 ProgressFn = Callable[[float], None]
 _MMU_LOCK = Step.MMU_LOCK
@@ -438,6 +439,9 @@ class _Sim:
             refaults_mmio=self.refaults_mmio,
             vmm_errors=self.vmm_errors,
             stats=dict(self.vm.stats),
+            violations=tuple(str(v) for v in oracle.violations[:MAX_VIOLATIONS])
+            if (oracle := self.vm.oracle) is not None
+            else (),
         )
 
 

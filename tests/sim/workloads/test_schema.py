@@ -91,9 +91,7 @@ def test_any_guest_in_range_validates_and_overrides_revalidate(
     if large:
         memory -= memory % (2 * MIB)
         memory = max(memory, 2 * MIB)
-    s = parse_scenario(
-        HEAD + f'[guest]\nvcpus = {vcpus}\nmemory = {memory}\npage_size = "{page}"\n', "x"
-    )
+    s = parse_scenario(HEAD + f'[guest]\nvcpus = {vcpus}\nmemory = {memory}\npage_size = "{page}"\n', "x")
     assert (s.guest.vcpus, s.guest.memory) == (vcpus, memory)
     t = s.with_overrides(vcpus=1, memory=2 * GIB)
     assert t.guest.vcpus == 1 and t.guest.memory == 2 * GIB and t.vcpu == s.vcpu

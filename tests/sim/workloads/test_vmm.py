@@ -20,9 +20,7 @@ def test_schedule_is_time_ordered_and_counts_repeats() -> None:
 
 
 def test_schedule_is_lazy_for_huge_repeat_counts() -> None:
-    s = parse_scenario(
-        HEAD + '[[vmm]]\nop = "remap"\nslot = 1\nrepeat = 10000000\nevery = 1\n', "x"
-    )
+    s = parse_scenario(HEAD + '[[vmm]]\nop = "remap"\nslot = 1\nrepeat = 10000000\nevery = 1\n', "x")
     first = list(islice(schedule(s, seed=0), 3))
     assert [a.time for a in first] == [0, 1, 2]
 

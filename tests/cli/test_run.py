@@ -1,0 +1,127 @@
+"""Tests of kvmmu.cli.run: the timed ``kvmmu run`` command, its outputs and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kvmmu.cli import cli
+from kvmmu.mmu.invalidation import STRATEGIES
+
+TINY = """
+name = "tiny"
+description = "a tiny guest"
+duration = "300us"
+[guest]
+vcpus = 2
+memory = "16MiB"
+[vcpu]
+think = "2us"
+working_set = "1MiB"
+mmio_fraction = 0.2
+[[devices]]
+name = "dev"
+gpa = 0xfe000000
+size = "4KiB"
+[[vmm]]
+op = "create"
+slot = 5
+gpa = "1TiB"
+size = "2MiB"
+at = "50us"
+"""
+
+
+def test_default_run_is_boot_under_every_strategy(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    for name in STRATEGIES:
+        assert name in result.output
+    assert "kvmmu run: boot" in result.output and "oracle violations" in result.output
+    names = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"report.json", "summary.csv", "trace.json", "index.html", "stall_cdf.png"} <= names
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert all(s["summary"]["oracle_violations"] == 0 for s in data["strategies"])
+
+
+def test_scenario_file_strategy_json_and_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "tiny.toml"
+    f.write_text(TINY)
+    args = [
+        "run",
+        str(f),
+        "-s",
+        "generation",
+        "-s",
+        "zap-walk",
+        "--json",
+        "--no-plots",
+        "--vcpus",
+        "3",
+        "--memory",
+        "32MiB",
+        "--seed",
+        "7",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [s["summary"]["strategy"] for s in data["strategies"]] == ["generation", "zap-walk"]
+    assert data["params"]["vcpus"] == 3 and data["params"]["memory"] == 32 << 20
+    assert data["seed"] == 7
+    assert not (tmp_path / "o" / "stall_cdf.png").exists()
+
+
+def test_default_out_dir_is_named_after_the_scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "tiny.toml"
+    f.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(f), "-s", "generation", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "kvmmu-out" / "tiny" / "report.json").exists()
+
+
+def _one_line_error(args: list[str], *needles: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    text = result.output.strip().splitlines()
+    assert any(all(n in line for n in needles) for line in text), result.output
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    _one_line_error(["run", "-s", "generashun"], "generashun", "zap-walk")
+    _one_line_error(["run", "no-such-scenario"], "no-such-scenario", "boot")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[costs]\nfoo_ns = 1\n")
+    _one_line_error(["run", "--costs", str(bad)], str(bad), "costs.foo_ns", "allowed")
+    scen = tmp_path / "s.toml"
+    scen.write_text(TINY.replace("vcpus = 2", "vcpus = 2000"))
+    _one_line_error(["run", str(scen)], str(scen), "guest.vcpus")
+    _one_line_error(["run", "--memory", "lots"], "--memory")
+    _one_line_error(["run", "--vcpus", "9999"], "--vcpus")
+    _one_line_error(["run", "--bogus"], "--bogus")
+
+
+def test_help_explains_every_option() -> None:
+    result = CliRunner().invoke(cli, ["run", "--help"])
+    assert result.exit_code == 0
+    for opt in (
+        "--strategy",
+        "--costs",
+        "--seed",
+        "--out",
+        "--json",
+        "--vcpus",
+        "--memory",
+        "--slot-zap",
+        "--no-oracle",
+        "--no-plots",
+        "SCENARIO",
+    ):
+        assert opt in result.output

@@ -1,0 +1,20 @@
+"""Tests of kvmmu.report.tables: the comparison table shows every strategy and measure."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from kvmmu.report.tables import ROWS, comparison_table
+from kvmmu.sim.results import RunResult
+
+
+def test_table_has_a_column_per_strategy_and_a_row_per_measure(small_run: RunResult) -> None:
+    console = Console(width=200, record=True)
+    console.print(comparison_table(small_run))
+    text = console.export_text()
+    for r in small_run.strategies:
+        assert r.strategy in text
+    for heading, _, _ in ROWS:
+        assert heading in text
+    gen = small_run.by_strategy("generation").summary()
+    assert f"{int(gen['faults']):,}" in text

@@ -1,0 +1,63 @@
+"""Tests of kvmmu.sim.experiments: the *shapes* of the issue's figures (never timing thresholds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmmu.sim import experiments as ex
+from kvmmu.sim.costs import CostModel, default_costs
+from kvmmu.sim.workloads.schema import load_scenario
+
+
+@pytest.fixture(scope="module")
+def costs() -> CostModel:
+    return default_costs()
+
+
+def test_zap_walk_grows_linearly_generation_flat_crossing_zap_mmio_cached(
+    costs: CostModel,
+) -> None:
+    names = ["zap-walk", "zap-mmio-cached", "generation"]
+    sw = ex.shadow_page_sweep([1, 64, 256, 1024], names, costs)
+    xs, walk = sw.series("zap-walk", "update_latency_mean_ns")
+    _, hold = sw.series("zap-walk", "vmm_lock_hold_per_update_ns")
+    _, gen = sw.series("generation", "update_latency_mean_ns")
+    _, gen_hold = sw.series("generation", "vmm_lock_hold_per_update_ns")
+    _, cached = sw.series("zap-mmio-cached", "update_latency_mean_ns")
+    # Linear: equal steps in pages give equal steps in latency (and in lock hold).
+    slopes = [(walk[i + 1] - walk[i]) / (xs[i + 1] - xs[i]) for i in range(1, len(xs) - 1)]
+    assert min(slopes) > 0 and max(slopes) / min(slopes) < 1.2
+    hold_slopes = [(hold[i + 1] - hold[i]) / (xs[i + 1] - xs[i]) for i in range(1, len(xs) - 1)]
+    assert max(hold_slopes) / min(hold_slopes) < 1.2
+    assert max(gen) == min(gen) and max(gen_hold) == 0
+    # zap-mmio-cached walks only flagged pages: below zap-walk at the large end, above it at 1.
+    assert walk[0] < cached[0] and walk[-1] > 10 * cached[-1]
+
+
+def test_create_refaults_everything_under_zap_all_fast_and_only_mmio_under_generation(
+    costs: CostModel,
+) -> None:
+    data = ex.refault_after_create(["zap-all-fast", "generation"], costs, vcpus=2, pages=128)
+    fast, gen = data["zap-all-fast"], data["generation"]
+    assert fast["refaults_ram"] == fast["working_set_pages"] == 256
+    assert gen["refaults_ram"] == 0
+    assert 0 < gen["refaults_mmio"] <= gen["mmio_sptes_created"]
+
+
+def test_vcpu_sweep_generation_stays_flat_while_zap_all_fast_grows(costs: CostModel) -> None:
+    sw = ex.vcpu_sweep([1, 8, 32], ["generation", "zap-all-fast"], costs)
+    _, gen = sw.series("generation", "stall_per_vcpu_ns")
+    _, fast = sw.series("zap-all-fast", "stall_per_vcpu_ns")
+    assert max(gen) / min(gen) < 1.5
+    assert fast[-1] > 2 * fast[0] and all(f > g for f, g in zip(fast, gen, strict=True))
+
+
+def test_fast_zap_delete_add_scales_with_the_mapped_memory(costs: CostModel) -> None:
+    base = load_scenario("fast-zap-2013")
+    small = ex.vcpu_scenario(base, 6, memory=96 << 20)
+    large = ex.vcpu_scenario(base, 6, memory=192 << 20)
+    a = ex.fast_zap_2013(["generation"], costs, scenario=small)["generation"]
+    b = ex.fast_zap_2013(["generation"], costs, scenario=large)["generation"]
+    assert a["operations"] == b["operations"] == 1
+    assert 1.8 < b["shadow_pages_zapped"] / a["shadow_pages_zapped"] < 2.2
+    assert 1.8 < b["delete_add_mean_ms"] / a["delete_add_mean_ms"] < 2.2

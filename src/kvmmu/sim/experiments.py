@@ -17,6 +17,9 @@ the published numbers are carried alongside for comparison only.
 Sweeps run their points serially by default; ``workers > 1`` spreads them over a dask
 ``LocalCluster`` of processes started here (each point is an independent simulation, so the
 speed-up is close to the number of cores when points are many and long).
+
+Prior art: the parameter sweeps of gem5's and SST's experiment scripts (one simulation per point,
+results gathered as rows), and the figures of the 2013 patch series they reproduce.
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+"""``kvmmu.check``: explore the interleavings of vCPU accesses and memslot updates for races.
+
+The package drives the model's own protocol generators (``kvmmu.mmu.steps``) under a controlled
+scheduler.  :mod:`~kvmmu.check.scenario` says what runs, :mod:`~kvmmu.check.world` builds one run
+of it, :mod:`~kvmmu.check.state` keys a state for the visited set, :mod:`~kvmmu.check.explore`
+searches (exhaustive with preemption bounding and state caching, or PCT random),
+:mod:`~kvmmu.check.minimize` shrinks a failing schedule, :mod:`~kvmmu.check.explain` tells it in
+kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only.
+"""
+
+from kvmmu.check.explain import Counterexample, ExplainedStep, explain
+from kvmmu.check.explore import Failure, Result, Stats, explore, explore_random
+from kvmmu.check.minimize import Minimised, minimise
+from kvmmu.check.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario
+from kvmmu.check.schedule import ScheduleError, format_schedule, parse_schedule, run_schedule
+from kvmmu.check.world import CheckConfig, ConfigError, Finding, World
+
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "CheckConfig",
+    "ConfigError",
+    "Counterexample",
+    "ExplainedStep",
+    "Failure",
+    "Finding",
+    "Minimised",
+    "Result",
+    "Scenario",
+    "ScenarioError",
+    "ScheduleError",
+    "Stats",
+    "World",
+    "explain",
+    "explore",
+    "explore_random",
+    "format_schedule",
+    "load_scenario",
+    "minimise",
+    "parse_schedule",
+    "run_schedule",
+]

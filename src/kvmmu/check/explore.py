@@ -1,0 +1,295 @@
+"""The interleaving explorer: exhaustive (preemption-bounded, state-cached) and seeded random.
+
+Design. *Stateless model checking* (VeriSoft, Godefroid 1997): the program is run from its
+initial state under a controlled scheduler and a schedule prefix is re-executed to reach a state
+again, because a program state (here: suspended generators) cannot be copied.  The search is a
+depth-first walk over schedules: one run executes a prefix, then continues with the first choice
+at each step (the thread that ran last, i.e. no context switch) and leaves the other enabled
+choices on a stack, each to be a later run's prefix.
+
+* *Preemption bounding* (CHESS, Musuvathi and Qadeer, PLDI 2007): the number of times a thread
+  is switched away from while it could have continued is bounded by ``preemptions``; switches at
+  a thread's natural yield points (between two operations, at ``RET_PF_RETRY`` where a vCPU
+  re-enters the guest, or when it blocks on ``mmu_lock``/SRCU) are free.  Most concurrency bugs
+  need very few preemptions, and the number of schedules grows polynomially, not exponentially,
+  with the bound.  ``preemptions=None`` explores every interleaving.
+* *State caching*: after each step the state key (:mod:`kvmmu.check.state`) is looked up; a state
+  already reached with no more preemptions used (and, when the depth is a bound, at no greater
+  depth) is not explored again.  Independent steps that commute reach the same state and are cut
+  here, which gives much of what partial-order reduction (DPOR, Flanagan and Godefroid, POPL 2005)
+  gives without a dependency relation between steps that would have to be kept in sync with the
+  protocol code.  ``max_depth`` is otherwise a safety cap; schedules it cuts are counted and make
+  the result incomplete.
+* *Random mode* follows PCT (Burckhardt et al., ASPLOS 2010): random thread priorities and
+  ``preemptions`` priority-change points per schedule, so a bug that needs d ordering constraints
+  is hit with probability at least 1/(n k^(d-1)) per schedule rather than by luck.  A vCPU that
+  yields ``RETRY`` is waiting for another thread and drops to the lowest priority, as a spinning
+  thread must in any priority scheduler that is to terminate.
+
+Checks after each step: the per-access oracle (findings of the step itself) and, at each state not
+seen before, ``vm.check_state()`` (a state already seen was checked then: the key covers every
+input of the invariant).  The first finding stops the search with the schedule that led to it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from kvmmu.check.schedule import FREE_SWITCH_STEPS, is_preemption
+from kvmmu.check.state import KeyCache, world_key
+from kvmmu.check.world import CheckConfig, Finding, World
+
+DEFAULT_MAX_DEPTH: Final = 2000
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one exploration (mutable while it runs; the progress callback sees them)."""
+
+    states: int = 0  # distinct states explored (new visited-set entries)
+    schedules: int = 0  # runs from a fresh VM
+    completed: int = 0  # runs in which every thread finished
+    steps: int = 0  # steps executed, replays included
+    pruned: int = 0  # runs cut at a state already explored
+    cut: int = 0  # runs cut at max_depth
+    elapsed: float = 0.0
+
+    @property
+    def states_per_second(self) -> float:
+        return self.states / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A schedule (thread indices, one per step) whose last step produced ``findings``."""
+
+    schedule: tuple[int, ...]
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an exploration found; ``complete`` is true when no schedule was cut by the depth cap."""
+
+    mode: str  # "exhaustive" or "random"
+    stats: Stats
+    failure: Failure | None
+    complete: bool
+    preemptions: int | None
+    max_depth: int
+    seed: int | None = None
+    schedules_requested: int | None = None
+
+
+Progress = Callable[[Stats], None]
+
+
+@dataclass(slots=True)
+class _Run:
+    """One execution of a schedule on a fresh world, with its bookkeeping."""
+
+    world: World
+    schedule: list[int] = field(default_factory=list)
+    last: int | None = None
+    preemptions: int = 0
+
+
+def _switch_context(world: World, last: int | None) -> int | None:
+    """The part of "who ran last" that matters for counting preemptions (None: nothing)."""
+    if last is None or not world.enabled(last):
+        return None
+    pending = world.threads[last].pending
+    return None if pending is None or pending in FREE_SWITCH_STEPS else last
+
+
+def _step(world: World, t: int) -> list[Finding]:
+    try:
+        return world.step(t)
+    except Exception as exc:  # a crash of the model under this interleaving is a finding
+        name = world.threads[t].name
+        return [Finding("crash", f"crash: {name} raised {type(exc).__name__}: {exc}")]
+
+
+def explore(
+    config: CheckConfig,
+    *,
+    preemptions: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    depth_is_bound: bool = False,
+    progress: Progress | None = None,
+    progress_every: int = 50,
+) -> Result:
+    """Exhaustive search up to ``preemptions`` (None: unbounded) and ``max_depth`` steps.
+
+    ``depth_is_bound`` makes ``max_depth`` a bound the state cache respects (a state is explored
+    again when reached at a smaller depth); otherwise it is only a safety cap.
+    """
+    stats = Stats()
+    t0 = time.perf_counter()
+    bounded = preemptions is not None
+    # key -> Pareto front of (preemptions used, depth) at which the state was explored.
+    visited: dict[bytes, list[tuple[int, int]]] = {}
+    stack: list[tuple[tuple[int, ...], int]] = [((), 0)]
+    failure: Failure | None = None
+    while stack and failure is None:
+        prefix, pre = stack.pop()
+        stats.schedules += 1
+        run = _Run(World(config), preemptions=pre)
+        world = run.world
+        cache = KeyCache(len(world.threads))
+        findings: list[Finding] = []
+        for i, t in enumerate(prefix):
+            findings = _step(world, t)
+            if findings and i < len(prefix) - 1:
+                raise AssertionError("a replayed prefix failed before its last step")
+        stats.steps += len(prefix)
+        run.schedule = list(prefix)
+        run.last = prefix[-1] if prefix else None
+        while not findings:
+            if world.all_done():
+                stats.completed += 1
+                break
+            enabled = world.enabled_threads()
+            if not enabled:
+                findings = [world.deadlock()]
+                break
+            depth = len(run.schedule)
+            key = world_key(world, _switch_context(world, run.last) if bounded else None, cache)
+            point = (run.preemptions, depth if depth_is_bound else 0)
+            front = visited.get(key)
+            if front is not None and any(p <= point[0] and d <= point[1] for p, d in front):
+                stats.pruned += 1
+                break
+            if front is None:
+                visited[key] = [point]
+                stats.states += 1
+                findings = world.check_state()
+                if findings:
+                    break
+            else:
+                front[:] = [(p, d) for p, d in front if not (point[0] <= p and point[1] <= d)]
+                front.append(point)
+            if depth >= max_depth:
+                stats.cut += 1
+                break
+            order = enabled
+            if run.last in enabled:
+                order = [run.last, *(t for t in enabled if t != run.last)]
+            first: tuple[int, int] | None = None
+            for t in order:
+                p = run.preemptions + is_preemption(world, run.last, t)
+                if preemptions is not None and p > preemptions:
+                    continue
+                if first is None:
+                    first = (t, p)
+                else:
+                    stack.append(((*run.schedule, t), p))
+            if first is None:
+                break
+            t, run.preemptions = first
+            run.schedule.append(t)
+            run.last = t
+            stats.steps += 1
+            cache.ran(t)
+            findings = _step(world, t)
+        if findings:
+            failure = Failure(tuple(run.schedule), tuple(findings))
+        if progress is not None and stats.schedules % progress_every == 0:
+            stats.elapsed = time.perf_counter() - t0
+            progress(stats)
+    stats.elapsed = time.perf_counter() - t0
+    if progress is not None:
+        progress(stats)
+    return Result(
+        "exhaustive",
+        stats,
+        failure,
+        complete=stats.cut == 0 and failure is None,
+        preemptions=preemptions,
+        max_depth=max_depth,
+    )
+
+
+def explore_random(
+    config: CheckConfig,
+    *,
+    schedules: int,
+    seed: int = 0,
+    preemptions: int = 2,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    progress: Progress | None = None,
+    progress_every: int = 20,
+) -> Result:
+    """``schedules`` PCT schedules with ``preemptions`` priority-change points each, seeded."""
+    rng = random.Random(seed)
+    stats = Stats()
+    t0 = time.perf_counter()
+    seen: set[bytes] = set()
+    failure: Failure | None = None
+    length = 0  # the longest schedule so far: PCT's k, where change points are drawn
+    for _ in range(schedules):
+        stats.schedules += 1
+        world = World(config)
+        n = len(world.threads)
+        priority = list(range(preemptions + 1, preemptions + 1 + n))
+        rng.shuffle(priority)
+        k = max(length, 8 * n)
+        changes = {c: i for i, c in enumerate(rng.sample(range(1, k + 1), min(preemptions, k)))}
+        cache = KeyCache(n)
+        schedule: list[int] = []
+        findings: list[Finding] = []
+        while not findings:
+            if world.all_done():
+                stats.completed += 1
+                break
+            enabled = world.enabled_threads()
+            if not enabled:
+                findings = [world.deadlock()]
+                break
+            key = world_key(world, None, cache)
+            if key not in seen:
+                seen.add(key)
+                stats.states += 1
+                findings = world.check_state()
+                if findings:
+                    break
+            if len(schedule) >= max_depth:
+                stats.cut += 1
+                break
+            t = max(enabled, key=lambda i: priority[i])
+            schedule.append(t)
+            stats.steps += 1
+            cache.ran(t)
+            findings = _step(world, t)
+            change = changes.get(len(schedule))
+            if change is not None:
+                priority[t] = change  # below every initial priority: another thread takes over
+            elif world.threads[t].pending in FREE_SWITCH_STEPS:
+                # A retrying vCPU waits for another thread: let it go last, or PCT's strict
+                # priorities would starve the thread it waits for.
+                priority[t] = min(priority) - 1
+        if world.all_done():
+            length = max(length, len(schedule))
+        if findings:
+            failure = Failure(tuple(schedule), tuple(findings))
+            break
+        if progress is not None and stats.schedules % progress_every == 0:
+            stats.elapsed = time.perf_counter() - t0
+            progress(stats)
+    stats.elapsed = time.perf_counter() - t0
+    if progress is not None:
+        progress(stats)
+    return Result(
+        "random",
+        stats,
+        failure,
+        complete=False,
+        preemptions=preemptions,
+        max_depth=max_depth,
+        seed=seed,
+        schedules_requested=schedules,
+    )

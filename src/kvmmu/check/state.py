@@ -1,0 +1,232 @@
+"""The visited-set key: all shared state plus every thread's local state, as one digest.
+
+Design. A stateless explorer with a visited set (stateful search over re-executed prefixes, as in
+VeriSoft's successors and CHESS's state caching) may cut a schedule when it reaches a state seen
+before — but only if "state" includes everything that decides the future.  Shared state comes from
+``VM.state_key()``; to it we add what ``state_key`` does not cover but the protocol reads (the
+``mmio_cached`` flag of each shadow page, which ``zap-mmio-cached`` walks by).  Thread-local state
+lives in the generator frames: for each thread, the chain ``gen -> gen.gi_yieldfrom -> ...`` gives
+each frame's code and ``f_lasti`` (where it is suspended) and its locals (what it holds, e.g. a
+generation read before another thread's update).  Without the locals, two schedules that differ
+only in the generation a vCPU has already read would be merged and the 2014 race missed.
+
+Locals are canonicalised by type: numbers, strings and enums as they are; memslot snapshots by
+(as_id, generation, slots); a memslot by its fields; a shadow page by (as_id, level, gfn,
+mmu_valid_gen), as ``state_key`` names pages; containers element-wise; the handles every frame
+carries (VM, ``struct kvm``, vCPU, MMU, codec, locks, statistics, tracer) are dropped because they
+are the same objects in every schedule and their contents are shared state already keyed.  An
+unknown type is an error, not silently dropped: a new local in the core must be looked at.
+
+One abstraction, argued: ``access()``'s ``traps`` counts the traps taken by the current access and
+only feeds ``Outcome.traps`` and the ``traps == 0`` test (was the answer a hardware hit), neither
+of which the oracle judges; it is keyed as ``min(traps, 1)``.  Without this a vCPU that retries
+while an update is in flight would reach a new state per retry and the search would only stop at
+the depth cap; with it the retry loop closes on a visited state.
+
+Temporaries on the frames' value stacks (a ``for`` loop's iterator over a list snapshot taken
+under ``mmu_lock``) are invisible from Python; in the protocol code such a loop runs under the lock
+over pages whose remaining effect is decided by shared state, so the loop variable names the
+position.  The key is a 128-bit BLAKE2b digest of the pickled tuple (collisions are negligible
+at any state count this explorer can reach, and a digest keeps the visited set small).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import pickle
+from collections.abc import Callable, Hashable
+from types import FrameType, GeneratorType
+from typing import TYPE_CHECKING, Any, Final
+
+from kvmmu.hostmem import HostMemory
+from kvmmu.memslots import Memslot, Memslots, MemslotState
+from kvmmu.mmu.context import Kvm
+from kvmmu.mmu.faults import VcpuArch, VcpuStats
+from kvmmu.mmu.invalidation import Strategy, X86Arch
+from kvmmu.mmu.pages import Mmu, MmuStats, ShadowPage
+from kvmmu.spte import GenerationLayout, MmioMask, MmioSpteCodec
+from kvmmu.sync import MmuLock, Srcu
+from kvmmu.trace import Tracer
+from kvmmu.vcpu import Vcpu
+from kvmmu.vm import VM, VMM
+
+if TYPE_CHECKING:
+    from kvmmu.check.world import Thread, World
+
+#: Objects that are the same in every schedule (handles to shared state keyed elsewhere).
+DROPPED_TYPES: Final[tuple[type, ...]] = (
+    VM,
+    Kvm,
+    Vcpu,
+    VcpuArch,
+    VcpuStats,
+    Mmu,
+    MmuStats,
+    MmioSpteCodec,
+    MmioMask,
+    GenerationLayout,
+    MmuLock,
+    Srcu,
+    MemslotState,
+    X86Arch,
+    Strategy,
+    Tracer,
+    VMM,
+    HostMemory,
+)
+_DROP: Final = object()
+
+#: Per-(function, local) abstractions; each must be argued in the module docstring.
+ABSTRACTIONS: Final[dict[tuple[str, str], Callable[[Any], Hashable]]] = {
+    ("access", "traps"): lambda v: min(v, 1),
+}
+
+
+class UnknownLocalError(TypeError):
+    """A generator local of a type the key does not know how to canonicalise."""
+
+
+def page_name(sp: ShadowPage) -> tuple[int, int, int, int]:
+    return (sp.as_id, sp.level, sp.gfn, sp.mmu_valid_gen)
+
+
+def memslot_key(m: Memslot) -> tuple[Any, ...]:
+    return (m.id, m.as_id, m.base_gfn, m.npages, m.flags, m.userspace_addr, m.invalid)
+
+
+class _Canon:
+    """Canonicalises the locals of one thread; notes whether any is mutable shared state.
+
+    A thread's locals change only when the thread runs, except for objects other threads may
+    write in place: a ``Memslots`` snapshot (its ``generation`` is written after the grace
+    period).  A key holding one is *volatile* and is recomputed at every state; others are cached.
+    """
+
+    __slots__ = ("volatile",)
+
+    def __init__(self) -> None:
+        self.volatile = False
+
+    def __call__(self, value: Any, where: str) -> Any:
+        kind = type(value)
+        if kind in _PLAIN:
+            return value
+        if kind is ShadowPage:
+            return ("sp", value.as_id, value.level, value.gfn, value.mmu_valid_gen)
+        if kind is Memslot:
+            return ("slot", *memslot_key(value))
+        if kind is Memslots:
+            self.volatile = True
+            return ("slots", value.as_id, value.generation, tuple(memslot_key(m) for m in value))
+        if isinstance(value, enum.Enum):
+            return (kind.__name__, value.value)
+        if isinstance(value, DROPPED_TYPES):
+            return _DROP
+        if isinstance(value, tuple | list):
+            return tuple(self(v, where) for v in value)
+        if isinstance(value, dict):
+            return tuple(sorted((self(k, where), self(v, where)) for k, v in value.items()))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return (
+                kind.__name__,
+                *(self(getattr(value, f.name), where) for f in dataclasses.fields(value) if f.compare),
+            )
+        raise UnknownLocalError(
+            f"cannot key local {where} of type {kind.__qualname__}; teach kvmmu.check.state about it"
+        )
+
+
+_PLAIN: Final = frozenset({type(None), bool, int, str, bytes, float})
+
+
+def canonical(value: Any, where: str = "value") -> Any:
+    """A hashable, schedule-independent stand-in for ``value`` (a marker object for handles)."""
+    return _Canon()(value, where)
+
+
+def dropped(value: Any) -> bool:
+    return canonical(value) is _DROP
+
+
+def frame_key(frame: FrameType, canon: _Canon | None = None) -> tuple[Any, ...]:
+    """Where a suspended frame is and what it holds."""
+    canon = canon or _Canon()
+    code = frame.f_code
+    name = code.co_name
+    items: list[tuple[str, Any]] = []
+    for local, value in frame.f_locals.items():
+        abstraction = ABSTRACTIONS.get((name, local))
+        c = abstraction(value) if abstraction is not None else canon(value, f"{code.co_qualname}.{local}")
+        if c is not _DROP:
+            items.append((local, c))
+    items.sort()
+    return (code.co_qualname, frame.f_lasti, tuple(items))
+
+
+def frames(gen: Any) -> list[FrameType]:
+    """The frames of a suspended generator and of every generator it delegates to."""
+    out: list[FrameType] = []
+    while gen is not None:
+        if not isinstance(gen, GeneratorType):
+            raise UnknownLocalError(
+                f"a protocol thread delegates to {type(gen).__qualname__}, not a generator"
+            )
+        frame = gen.gi_frame
+        if frame is None:
+            break
+        out.append(frame)
+        gen = gen.gi_yieldfrom
+    return out
+
+
+def thread_key(thread: Thread) -> tuple[Any, ...]:
+    """The thread's operation index, and each frame's position and locals."""
+    key, _ = _thread_key(thread)
+    return key
+
+
+def _thread_key(thread: Thread) -> tuple[tuple[Any, ...], bool]:
+    if thread.gen is None:
+        return (thread.op_index,), False
+    canon = _Canon()
+    key = (thread.op_index, tuple(frame_key(f, canon) for f in frames(thread.gen)))
+    return key, canon.volatile
+
+
+class KeyCache:
+    """Thread keys of one world, recomputed only for threads that ran (or are volatile)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, n: int) -> None:
+        self.keys: list[tuple[Any, ...] | None] = [None] * n
+
+    def ran(self, t: int) -> None:
+        self.keys[t] = None
+
+    def thread_keys(self, world: World) -> tuple[tuple[Any, ...], ...]:
+        out = []
+        for t, thread in enumerate(world.threads):
+            key = self.keys[t]
+            if key is None:
+                key, volatile = _thread_key(thread)
+                if not volatile:
+                    self.keys[t] = key
+            out.append(key)
+        return tuple(out)
+
+
+def shared_key(world: World) -> tuple[Any, ...]:
+    """``vm.state_key()`` and the page flags it leaves out."""
+    mmu = world.vm.kvm.mmu
+    flags = tuple(sorted(page_name(sp) for sp in mmu.active.values() if sp.mmio_cached))
+    return (world.vm.state_key(), flags)
+
+
+def world_key(world: World, extra: Hashable = None, cache: KeyCache | None = None) -> bytes:
+    """The digest of shared state, each thread's local state, and ``extra`` (e.g. who ran last)."""
+    threads = cache.thread_keys(world) if cache is not None else tuple(thread_key(t) for t in world.threads)
+    data = (shared_key(world), threads, extra)
+    return hashlib.blake2b(pickle.dumps(data, protocol=5), digest_size=16).digest()

@@ -1,0 +1,228 @@
+"""``kvmmu check``: explore interleavings of vCPU accesses and memslot updates, report races.
+
+Parsing and formatting only: the search is :func:`kvmmu.check.explore` (exhaustive, preemption
+bounded, state cached) or :func:`kvmmu.check.explore_random` (PCT), a failure is shrunk by
+:func:`kvmmu.check.minimise` and told in kernel terms by :func:`kvmmu.check.explain`.  Exit
+status: 0 no violation, 1 a violation (or a replayed schedule that fails), 2 bad input (one line).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from kvmmu.check import (
+    DEFAULT_SCENARIO,
+    CheckConfig,
+    ConfigError,
+    Counterexample,
+    Result,
+    ScenarioError,
+    ScheduleError,
+    Stats,
+    World,
+    explain,
+    explore,
+    explore_random,
+    load_scenario,
+    minimise,
+    parse_schedule,
+)
+from kvmmu.check.explore import DEFAULT_MAX_DEPTH
+from kvmmu.mmu.invalidation import STRATEGIES, VARIANTS
+
+DEFAULT_BOUND = 2
+
+
+class InputError(click.ClickException):
+    """Bad input: one line on stderr and exit status 2."""
+
+    exit_code = 2
+
+
+class _Bound(click.ParamType[int | None, Any]):
+    """A preemption bound: a non-negative integer, or ``none`` for unbounded."""
+
+    name = "K|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in ("none", "inf", "unbounded"):
+            return None
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a preemption bound: give an integer >= 0 or 'none'",
+                  param, ctx)
+
+
+def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None,
+            scenario_path: Path | None, gen_bits: int | None, start_near_wrap: int | None,
+            slot_zap: str | None) -> CheckConfig:
+    scenario = DEFAULT_SCENARIO
+    if scenario_path is not None:
+        try:
+            scenario = load_scenario(scenario_path)
+        except ScenarioError as exc:
+            raise InputError(str(exc)) from None
+    if updates is None:
+        updates = min(2, len(scenario.updates))
+    config = CheckConfig(strategy, scenario, vcpus, accesses, updates, gen_bits, start_near_wrap,
+                         slot_zap, str(scenario_path) if scenario_path is not None else None)
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _stats_json(stats: Stats) -> dict[str, Any]:
+    return {"states": stats.states, "schedules": stats.schedules, "completed": stats.completed,
+            "steps": stats.steps, "pruned": stats.pruned, "cut": stats.cut,
+            "seconds": round(stats.elapsed, 3),
+            "states_per_second": round(stats.states_per_second, 1)}
+
+
+def _mode_text(result: Result) -> str:
+    bound = "none" if result.preemptions is None else str(result.preemptions)
+    if result.mode == "random":
+        return (f"random (PCT), {result.schedules_requested} schedules, seed {result.seed}, "
+                f"{result.preemptions} priority changes per schedule, depth cap {result.max_depth}")
+    return f"exhaustive, preemption bound {bound}, depth cap {result.max_depth}"
+
+
+@click.command("check")
+@click.option("--strategy", "-s", default="generation", show_default=True, metavar="NAME",
+              help=f"Strategy: {', '.join(STRATEGIES)}; append "
+                   f"{' or '.join('+' + v for v in VARIANTS)} for a deliberately broken variant.")
+@click.option("--vcpus", type=int, default=2, show_default=True,
+              help="vCPU threads (vCPU i runs script i mod n of the scenario).")
+@click.option("--updates", type=int, default=None,
+              help="Memslot updates the VMM thread issues: the scenario's first M (default 2).")
+@click.option("--accesses", type=int, default=None,
+              help="Accesses per vCPU: the first K of its script (default: all).")
+@click.option("--bound", type=_Bound(), default=str(DEFAULT_BOUND), show_default=True,
+              help="Preemption bound (CHESS): exhaustive search of every schedule with at most K "
+                   "preemptions ('none': every schedule). With --random: PCT change points.")
+@click.option("--depth", type=click.IntRange(1), default=None,
+              help=f"Bound every schedule to D steps (default: a safety cap of "
+                   f"{DEFAULT_MAX_DEPTH}, reported if it ever cuts).")
+@click.option("--random", "random_schedules", type=click.IntRange(1), default=None, metavar="R",
+              help="Run R seeded random (PCT) schedules instead of the exhaustive search.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
+@click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Scenario TOML: [vm], [[slots]], [[vcpus]] accesses = [...], [[updates]] "
+                   "(default: gfn 0x100 MMIO->RAM, delete slot 0, dirty-log slot 1).")
+@click.option("--gen-bits", type=int, default=None,
+              help="Compare only this many MMIO generation bits (2..19), so it wraps in a few "
+                   "updates.")
+@click.option("--start-near-wrap", type=click.IntRange(1), default=None, metavar="N",
+              help="Start the generation N below the wrap.")
+@click.option("--slot-zap", type=click.Choice(["all", "slot"]), default=None,
+              help="DELETE/MOVE zap everything (KVM's default quirk) or only the slot's SPTEs.")
+@click.option("--replay", "replay", default=None, metavar="SCHEDULE",
+              help="Replay a schedule (e.g. 0:11,vmm:2,0:6,vmm:1) and explain every step.")
+@click.option("--budget", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="Seconds allowed for minimising a counterexample.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-trace", is_flag=True, help="Leave the trace lines out of the counterexample.")
+@click.pass_context
+def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
+            accesses: int | None, bound: int | None, depth: int | None,
+            random_schedules: int | None, seed: int, scenario_path: Path | None,
+            gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None,
+            replay: str | None, budget: float, as_json: bool, no_trace: bool) -> None:
+    """Explore interleavings of vCPU accesses and memslot updates, looking for stale MMIO SPTEs.
+
+    N vCPU threads run short access scripts against M KVM_SET_USER_MEMORY_REGION calls from one
+    VMM thread; at every step of the model's fault path and memslot update a scheduler chooses
+    who runs next. After every step the oracle's invariant is checked: no MMIO SPTE or vCPU MMIO
+    cache may still answer for a gfn a memslot backs once the update is complete, and every
+    completed access must match the memslots in force. A violation is shown as a minimised,
+    numbered counterexample in kernel terms, with its trace lines and a command that replays it.
+    Exit status: 0 no violation, 1 violation, 2 bad input.
+    """
+    config = _config(strategy, vcpus, updates, accesses, scenario_path, gen_bits,
+                     start_near_wrap, slot_zap)
+    max_depth = depth if depth is not None else DEFAULT_MAX_DEPTH
+    out = Console(highlight=False, soft_wrap=True)
+    if replay is not None:
+        try:
+            schedule = parse_schedule(World(config), replay)
+            replayed = explain(config, schedule, max_depth=max_depth)
+        except ScheduleError as exc:
+            raise InputError(f"--replay: {exc}") from None
+        if as_json:
+            click.echo(json.dumps({"config": config.summary(), "result":
+                                   "violation" if replayed.findings else "ok",
+                                   "counterexample": replayed.to_json()}, indent=1))
+        else:
+            out.print(f"kvmmu check: {config.summary()}; replaying {replay}")
+            out.print(replayed.render(trace=not no_trace))
+        ctx.exit(1 if replayed.findings else 0)
+    err = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task("exploring" if random_schedules is None else "random schedules",
+                            total=random_schedules, info="")
+
+        def progress(stats: Stats) -> None:
+            bar.update(task, completed=stats.schedules if random_schedules else None,
+                       info=f"{stats.states} states, {stats.schedules} schedules")
+
+        if random_schedules is None:
+            result = explore(config, preemptions=bound, max_depth=max_depth,
+                             depth_is_bound=depth is not None, progress=progress)
+        else:
+            result = explore_random(config, schedules=random_schedules, seed=seed,
+                                    preemptions=DEFAULT_BOUND if bound is None else bound,
+                                    max_depth=max_depth, progress=progress)
+        found: Counterexample | None = None
+        minimised: dict[str, Any] | None = None
+        if result.failure is not None:
+            bar.update(task, description="minimising the counterexample")
+            kind = result.failure.findings[0].kind
+            m = minimise(config, result.failure.schedule, kind, budget=budget,
+                         max_depth=max_depth)
+            found = explain(config, m.run.executed, max_depth=max_depth)
+            minimised = {"from_steps": m.original_length, "to_steps": len(m.run.executed),
+                         "shortest_proven": m.shortest, "replays": m.replays}
+    stats = result.stats
+    ce = found
+    if as_json:
+        doc = {"config": {"strategy": config.strategy, "scenario": config.scenario.name,
+                          "vcpus": config.vcpus, "accesses": config.accesses,
+                          "updates": len(config.update_list()), "summary": config.summary()},
+               "mode": result.mode, "preemption_bound": result.preemptions,
+               "max_depth": result.max_depth, "seed": result.seed, "stats": _stats_json(stats),
+               "result": "violation" if ce is not None else "ok", "complete": result.complete,
+               "minimised": minimised, "counterexample": ce.to_json() if ce else None}
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        out.print(f"kvmmu check: {config.summary()}")
+        out.print(f"mode: {_mode_text(result)}")
+        out.print(f"states explored: {stats.states}  schedules run: {stats.schedules}  "
+                  f"time: {stats.elapsed:.2f} s  ({stats.states_per_second:,.0f} states/s)")
+        if ce is None:
+            if result.mode == "random":
+                out.print(f"no violation in {stats.schedules} random schedules")
+            elif stats.cut:
+                out.print(f"no violation found, but {stats.cut} schedules were cut at the depth "
+                          f"cap of {max_depth} steps: not exhaustive (raise --depth)")
+            else:
+                out.print("no violation within the bound")
+        else:
+            assert minimised is not None
+            out.print(f"VIOLATION: {ce.findings[0] if ce.findings else 'not reproduced'}")
+            proven = "shortest" if minimised["shortest_proven"] else "shortest found in budget"
+            out.print(f"minimised from {minimised['from_steps']} to {minimised['to_steps']} steps "
+                      f"({proven})")
+            out.print(ce.render(trace=not no_trace))
+    ctx.exit(1 if ce is not None else 0)

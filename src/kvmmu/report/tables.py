@@ -42,6 +42,7 @@ ROWS: Sequence[tuple[str, str | None, Formatter | None]] = (
     ("update latency max (µs)", "update_latency_max_ns", _us),
     ("mmu_lock held (ms)", "mmu_lock_hold_ns", _ms),
     ("mmu_lock spin (ms)", "mmu_lock_wait_ns", _ms),
+    ("VMM wait for SRCU readers (ms)", "srcu_wait_ns", _ms),
     ("vCPU stall (ms)", "vcpu_stall_ns", _ms),
     ("work (counted)", None, None),
     ("guest accesses", "accesses", _n),

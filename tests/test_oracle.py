@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmmu import VM, AccessKind, Path
+from kvmmu import VM, AccessKind, Path, Step
 from kvmmu.memslots import KVM_MEM_READONLY, Memslot, Memslots
 from kvmmu.mmu.faults import Outcome
 from kvmmu.oracle import consistent
@@ -83,3 +83,20 @@ def test_an_access_that_overlapped_an_update_may_see_either_side() -> None:
         result = stop.value
     assert result is not None and result.kind is AccessKind.RAM  # checked, accepted
     assert vm.oracle is not None and vm.oracle.count == 0 and vm.oracle.checked == 1
+
+
+def test_an_access_starting_mid_update_may_see_the_state_the_update_began_from() -> None:
+    vm = VM("zap-walk", strict=True)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x10_0000)  # an MMIO SPTE (no generation: zap-walk must walk it away)
+    vcpu.access(0x20_0000)  # the per-vCPU cache moves on
+    update = vm.set_user_memory_region_steps(0, 0, 0x10_0000, 0x1000, HVA)
+    for step in update:
+        if step is Step.MMU_LOCK:  # published and grace period over; the walk is next
+            break
+    out = vcpu.access(0x10_0000)  # starts after the publish: the stale SPTE still answers
+    assert out.kind is AccessKind.MMIO and out.path is Path.FAST
+    for _ in update:
+        pass
+    assert vcpu.access(0x10_0000).kind is AccessKind.RAM  # the update has returned
+    assert vm.oracle is not None and vm.oracle.count == 0

@@ -328,7 +328,8 @@ class MemslotState:
 
     ``history`` keeps, per address space, the recent snapshots with the publish epoch they entered
     at, so that an oracle can tell which memslots were in force during an access that overlapped an
-    update.  ``updating`` is true from the first publish of an update to its last hook.
+    update.  ``updating`` is true from the first publish of an update to its last hook;
+    ``stable_epoch`` is the epoch of the last state no update is still working on.
     """
 
     era: str
@@ -336,6 +337,8 @@ class MemslotState:
     active: list[Memslots]
     epoch: int = 0
     updating: bool = False
+    #: The epoch at which the update in progress began (its pre-state's), else the current one.
+    stable_epoch: int = 0
     history: list[list[tuple[int, Memslots]]] = field(default_factory=list)
     history_len: int = 64
 
@@ -405,6 +408,7 @@ def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: Me
         return
     as_id = plan.as_id
     state.updating = True
+    state.stable_epoch = state.epoch  # until it returns, the ioctl promises nothing new
     try:
         if plan.change in (Change.DELETE, Change.MOVE):
             assert plan.old is not None
@@ -422,3 +426,4 @@ def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: Me
         yield from arch.commit_memory_region(plan)
     finally:
         state.updating = False
+        state.stable_epoch = state.epoch

@@ -3,9 +3,12 @@
 Design. The oracle knows nothing of SPTEs, generations or caches: it reads the memslot snapshots
 that were in force while an access ran and decides what the guest may see (RAM at the slot's host
 address; MMIO where no slot backs the gfn; an MMIO exit for a write to a READONLY slot).  An access
-that overlapped a memslot update may legitimately see either side of it (linearisability), so the
-check accepts any snapshot published between the access's start and its end; a plain run has
-exactly one.  A slot published as ``KVM_MEMSLOT_INVALID`` allows both its old RAM and MMIO.
+that overlapped a memslot update may legitimately see either side of it: KVM promises the new
+memslots only once ``KVM_SET_USER_MEMORY_REGION`` has returned, so an access that starts while an
+update is in flight may still see the state that update began from (before 2013, a stale MMIO
+SPTE answered until the walk reached it).  The check accepts any snapshot in force from the
+access's start (or the start of the update then in flight) to its end; a plain run has exactly
+one.  A slot published as ``KVM_MEMSLOT_INVALID`` allows both its old RAM and MMIO.
 
 :meth:`Oracle.check_state` is the invariant the explorer checks after every step, once no update
 is in progress: no MMIO SPTE that would pass ``check_mmio_spte()`` names a gfn a slot now backs, no

@@ -185,7 +185,9 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
     """One guest access from guest entry to its answer (see the module docstring)."""
     gfn = gpa >> PAGE_SHIFT
     mmu = kvm.mmu
-    start_epoch = kvm.memslots.epoch
+    # An access that starts while a memslot update is in flight may still see the state that
+    # update began from: KVM promises the new memslots only once the ioctl has returned.
+    start_epoch = kvm.memslots.stable_epoch
     path = Path.EMULATOR
     traps = 0
     if not emulated:

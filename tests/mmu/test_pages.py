@@ -80,3 +80,23 @@ def test_write_protection_clears_the_writable_bit_in_the_range() -> None:
     n = run_to_completion(mmu.write_protect_range(object(), 0, 512, 0))
     assert n == 1
     assert not leaves[0].spt[0] & SPTE_WRITABLE and leaves[1].spt[0] & SPTE_WRITABLE
+
+
+def test_zap_all_slow_frees_every_page_under_one_lock_hold() -> None:
+    mmu = new_mmu()
+    build_tree(mmu, 30)
+    steps = list(mmu.zap_all_slow(object()))
+    assert not mmu.active and not mmu.roots
+    assert steps.count(Step.FREE_SHADOW_PAGE) == 33
+    assert steps.count(Step.MMU_LOCK) == 1 and steps.count(Step.MMU_UNLOCK) == 1
+    # 30 leaves with one RAM entry each; level 2 links to 30 leaves; levels 3 and 4 one link each.
+    assert mmu.stats.sptes_dropped == 30 + 30 + 1 + 1
+
+
+def test_freeing_pages_counts_the_live_entries_they_held() -> None:
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 2)
+    leaves[0].spt[7] = make_ram_spte(0x99, False, False, LAYOUT_MODERN)
+    run_to_completion(mmu.zap_all_fast(object()))
+    # Leaves: 2 + 1 RAM entries; level 2: 2 links; levels 3 and 4: 1 link each.
+    assert mmu.stats.sptes_dropped == 3 + 2 + 1 + 1

@@ -327,9 +327,8 @@ def predict_memslot_op(
 
     Builds a model VM like the measured one (a RAM slot with ``live_ptes`` pages touched), then
     drives ``set_user_memory_region_steps`` and sums ``step_cost`` of every yielded step plus
-    ``ioctl_ns`` per request.  The model frees a shadow page with one step whatever it holds, so,
-    as the timed simulation does (``kvmmu.sim.run``, "density" of a zap run), each freed page is
-    also charged ``spte_zapped_ns`` times the live leaf SPTEs per shadow page at the start.
+    ``ioctl_ns`` per request.  Freeing a shadow page also costs ``spte_zapped_ns`` per live entry
+    it held, as the model counts them (``sptes_dropped``) and the timed simulation charges them.
     """
     vm = VM(
         strategy="generation", phys_bits=52, slot_zap="all" if zap_all else "slot", oracle=False
@@ -347,16 +346,8 @@ def predict_memslot_op(
         gen = vm.set_user_memory_region_steps(1, 0, _SMALL_MOVED_GPA, PAGE, hva + (1 << 32))
     else:
         gen = vm.set_user_memory_region_steps(1, 0, _SMALL_GPA, 0, 0)
-    st = vm.stats
-    live = st["pf_fixed"] + st["pf_mmio_spte_created"] - st["sptes_zapped"]
-    density = max(0.0, live / max(1, st["shadow_pages"]))
     total = ioctl_ns
-    try:
-        while True:
-            step = next(gen)
-            total += step_cost(step)
-            if step is Step.FREE_SHADOW_PAGE:
-                total += round(spte_zapped_ns * density)
-    except StopIteration:
-        pass
-    return total
+    dropped_before = vm.kvm.mmu.stats.sptes_dropped
+    for step in gen:
+        total += step_cost(step)
+    return total + spte_zapped_ns * (vm.kvm.mmu.stats.sptes_dropped - dropped_before)

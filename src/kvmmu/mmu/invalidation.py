@@ -33,7 +33,8 @@ strategies use the modern memslot generation for that tag.  Variants (``NAME+no-
 ``NAME+cache-without-gen``) remove one safeguard to show that the checks catch it.
 
 Independently, DELETE and MOVE zap the slot's RAM SPTEs: everything through ``zap_all_fast``
-(``KVM_X86_QUIRK_SLOT_ZAP_ALL``, the default) or only the slot's own (``slot_zap="slot"``).
+(``KVM_X86_QUIRK_SLOT_ZAP_ALL``, the default), only the slot's own (``slot_zap="slot"``), or
+everything the way kernels before 3.11 did, with ``kvm_mmu_zap_all()`` (``slot_zap="all-slow"``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
 
 UPDATE_ZAPS: Final = (None, "walk", "walk-mmio-cached", "all-fast")
-SLOT_ZAPS: Final = ("all", "slot")
+SLOT_ZAPS: Final = ("all", "slot", "all-slow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,8 @@ class X86Arch:
         kvm = self.kvm
         if self.slot_zap == "all":
             yield from self.zap_all_fast()
+        elif self.slot_zap == "all-slow":
+            yield from kvm.mmu.zap_all_slow(self.who)
         else:
             yield from kvm.mmu.zap_gfn_range(self.who, old.base_gfn, old.end_gfn, old.as_id)
 
@@ -190,8 +193,9 @@ class X86Arch:
                     continue
                 yield Step.WALK_SHADOW_PAGE
                 mmu.stats.invalidation_pages_walked += 1
-                for _page in mmu.unlink(sp):
+                for page in mmu.unlink(sp):
                     yield Step.FREE_SHADOW_PAGE
+                    mmu.drop_entries(page)
                 continue
             yield Step.WALK_SHADOW_PAGE
             mmu.stats.invalidation_pages_walked += 1

@@ -82,6 +82,9 @@ class MmuStats:
     zap_all_fast: int = 0
     generation_wraps: int = 0
     sptes_write_protected: int = 0
+    #: Live entries dropped with the pages that held them (``mmu_page_zap_pte()`` per entry of a
+    #: zapped page): what makes freeing a full page cost more than an empty one.
+    sptes_dropped: int = 0
     root_allocations: int = 0
     memslot_updates: int = 0
 
@@ -153,7 +156,8 @@ class Mmu:
     def unlink(self, sp: ShadowPage) -> list[ShadowPage]:
         """``kvm_mmu_prepare_zap_page()``: detach ``sp`` and its subtree; returns the pages freed.
 
-        The caller yields one :attr:`Step.FREE_SHADOW_PAGE` per returned page.
+        The caller yields one :attr:`Step.FREE_SHADOW_PAGE` per returned page and then calls
+        :meth:`drop_entries` for it (the subtree is unreachable from the moment it is unlinked).
         """
         parent = sp.parent
         if parent is not None and parent.children[sp.parent_index] is sp:
@@ -179,6 +183,10 @@ class Mmu:
                 del self.roots[root_as]
         return freed
 
+    def drop_entries(self, page: ShadowPage) -> None:
+        """Account the live entries of a freed page (``kvm_mmu_page_unlink_children()``)."""
+        self.stats.sptes_dropped += SPTES_PER_PAGE - page.spt.count(0)
+
     def zap_all_fast(self, who: object) -> Steps[int]:
         """``kvm_mmu_zap_all_fast()``: obsolete every page with one increment, free them lazily.
 
@@ -200,14 +208,37 @@ class Mmu:
                 continue
             if sp.parent is not None and sp.parent.hpa in self.active:
                 continue  # freed with its obsolete parent
-            for _page in self.unlink(sp):
+            for page in self.unlink(sp):
                 yield Step.FREE_SHADOW_PAGE
+                self.drop_entries(page)
                 freed_total += 1
                 batch += 1
                 if batch >= BATCH_ZAP_PAGES:
                     batch = 0
                     yield from self.lock.release(who)
                     yield from self.lock.acquire(who)
+        yield from self.lock.release(who)
+        return freed_total
+
+    def zap_all_slow(self, who: object) -> Steps[int]:
+        """``kvm_mmu_zap_all()`` (before 3.11): zap every page in place under one ``mmu_lock`` hold.
+
+        No generation and no lock break: the walk frees the active list from the head while every
+        faulting vCPU waits, then all vCPUs reload their roots (``kvm_reload_remote_mmus``).
+        """
+        yield from self.lock.acquire(who)
+        freed_total = 0
+        for sp in list(self.active.values()):
+            if sp.hpa not in self.active or (sp.parent is not None
+                                             and sp.parent.hpa in self.active):
+                continue  # already freed, or freed with its parent
+            yield Step.WALK_SHADOW_PAGE
+            for page in self.unlink(sp):
+                yield Step.FREE_SHADOW_PAGE
+                self.drop_entries(page)
+                freed_total += 1
+        self.roots.clear()
+        self.mmu_valid_gen += 1  # stands for kvm_reload_remote_mmus(): every root is gone
         yield from self.lock.release(who)
         return freed_total
 

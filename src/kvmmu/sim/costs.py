@@ -138,7 +138,7 @@ DRIVER_COSTS: Mapping[str, str] = MappingProxyType(
         "slow_path_fault_ns": "a fault that reaches the slow path (takes mmu_lock)",
         "lock_handoff_ns": "a spinning waiter taking mmu_lock from its previous holder",
         "memslot_ioctl_ns": "each KVM_SET_USER_MEMORY_REGION the VMM issues",
-        "spte_zapped_ns": "per live entry of each shadow page freed (estimated from counters)",
+        "spte_zapped_ns": "per live entry of each shadow page freed (the model counts them: sptes_dropped)",
     }
 )
 

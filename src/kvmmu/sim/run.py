@@ -81,8 +81,6 @@ _MMU_UNLOCK = Step.MMU_UNLOCK
 _SRCU_SYNC = Step.SRCU_SYNC
 _BLOCKING = (Step.MMU_LOCK, Step.SRCU_SYNC)
 _FREE_PAGE = Step.FREE_SHADOW_PAGE
-_BUMP = Step.BUMP_MMU_VALID_GEN
-_WALK = Step.WALK_SHADOW_PAGE
 
 
 @dataclass(slots=True)
@@ -112,9 +110,6 @@ class _Thread:
     srcu_wait_ns: int = 0
     hold_since: int = -1
     wake: Event | None = None
-    last_step: Step | None = None
-    #: Estimated live SPTEs per shadow page in the zap run under way (see _density).
-    density: float = 0.0
 
 
 class _Sim:
@@ -162,7 +157,7 @@ class _Sim:
         self.trace = opts.trace
         self._last_error = ""
         self.c_zap = costs["spte_zapped_ns"]
-        self.freed_sptes = 0.0
+        self._dropped_seen = 0  # vm.kvm.mmu.stats.sptes_dropped already charged
 
     # --- setup (untimed, plain run) -------------------------------------------------------
     def setup(self) -> tuple[list[Vcpu], VmmState]:
@@ -217,6 +212,7 @@ class _Sim:
         engine = self.engine
         by_step = self.by_step
         vm = self.vm
+        mmu_stats = vm.kvm.mmu.stats
         try:
             step = next(gen)
         except StopIteration as stop:
@@ -247,8 +243,6 @@ class _Sim:
                     th.srcu_wait_ns += waited
                     if self.trace:
                         self._span(th, "wait for SRCU readers", "srcu-wait", t0, waited)
-            if step is _BUMP or (step is _WALK and th.last_step is _MMU_LOCK):
-                self._estimate_density(th)  # before the step: the pages are all still there
             # Perform the step: resume the generator up to its next yield.
             if counters is not None:
                 exits, pf, refaults = counters.exits, counters.pf_taken, counters.refaults
@@ -264,9 +258,10 @@ class _Sim:
             now = engine.now
             cost = by_step[step] + handoff
             if step is _FREE_PAGE:
-                self.freed_sptes += th.density
-                cost += round(self.c_zap * th.density)
-            th.last_step = step
+                # Freeing a page costs per live entry it held (mmu_page_zap_pte for each).
+                dropped = mmu_stats.sptes_dropped
+                cost += self.c_zap * (dropped - self._dropped_seen)
+                self._dropped_seen = dropped
             if step is _MMU_LOCK:
                 if done or nxt is not _MMU_LOCK:
                     th.hold_since = now
@@ -292,21 +287,6 @@ class _Sim:
             if done:
                 return result
             step = nxt
-
-    def _estimate_density(self, th: _Thread) -> None:
-        """Estimate the live SPTEs per shadow page for the zap run ``th`` starts now.
-
-        The model frees a page with one step whatever it holds; KVM's cost is per live entry
-        (``real-kvm-here.md``: ~46 ns each). When a zap run starts (the bump of ``mmu_valid_gen``,
-        or the first page walked after taking the lock) the live leaf SPTEs per page are estimated
-        from ``vm.stats`` as (SPTEs installed - SPTEs cleared one by one - SPTEs freed with pages
-        so far) / shadow pages; each page freed in the run is then charged that many
-        ``spte_zapped_ns`` on top of ``shadow_page_freed_ns``. It is an average over all pages:
-        a page denser than the average is undercharged, a sparser one overcharged.
-        """
-        st = self.vm.stats
-        live = st["pf_fixed"] + st["pf_mmio_spte_created"] - st["sptes_zapped"] - self.freed_sptes
-        th.density = max(0.0, live / max(1, st["shadow_pages"]))
 
     # --- threads --------------------------------------------------------------------------
     def vcpu_proc(self, th: _Thread, vcpu: Vcpu, index: int) -> Generator[Any, Any, None]:

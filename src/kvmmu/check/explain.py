@@ -207,7 +207,7 @@ class _Explainer:
         if step is Step.WALK_SHADOW_PAGE:
             return _Describe("walk-page", f"walks {_sp(b.get('sp'))} looking for MMIO SPTEs")
         if step is Step.FREE_SHADOW_PAGE:
-            return _Describe("free-page", f"frees {_sp(b.get('_page'))}")
+            return _Describe("free-page", f"frees {_sp(b.get('page', b.get('_page')))}")
         if step is Step.BUMP_MMU_VALID_GEN:
             return _Describe("zap-all-fast", f"bumps mmu_valid_gen to "
                              f"{kvm.mmu.mmu_valid_gen} (kvm_mmu_zap_all_fast): every shadow page "

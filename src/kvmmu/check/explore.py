@@ -150,13 +150,8 @@ def explore(
         run.schedule = list(prefix)
         run.last = prefix[-1] if prefix else None
         while not findings:
-            if world.all_done():
-                stats.completed += 1
-                break
-            enabled = world.enabled_threads()
-            if not enabled:
-                findings = [world.deadlock()]
-                break
+            # Key and check the state first: the final state (every thread done) is where a stale
+            # SPTE left by the last update shows.
             depth = len(run.schedule)
             key = world_key(world, _switch_context(world, run.last) if bounded else None, cache)
             point = (run.preemptions, depth if depth_is_bound else 0)
@@ -173,6 +168,13 @@ def explore(
             else:
                 front[:] = [(p, d) for p, d in front if not (point[0] <= p and point[1] <= d)]
                 front.append(point)
+            if world.all_done():
+                stats.completed += 1
+                break
+            enabled = world.enabled_threads()
+            if not enabled:
+                findings = [world.deadlock()]
+                break
             if depth >= max_depth:
                 stats.cut += 1
                 break
@@ -243,13 +245,6 @@ def explore_random(
         schedule: list[int] = []
         findings: list[Finding] = []
         while not findings:
-            if world.all_done():
-                stats.completed += 1
-                break
-            enabled = world.enabled_threads()
-            if not enabled:
-                findings = [world.deadlock()]
-                break
             key = world_key(world, None, cache)
             if key not in seen:
                 seen.add(key)
@@ -257,6 +252,13 @@ def explore_random(
                 findings = world.check_state()
                 if findings:
                     break
+            if world.all_done():
+                stats.completed += 1
+                break
+            enabled = world.enabled_threads()
+            if not enabled:
+                findings = [world.deadlock()]
+                break
             if len(schedule) >= max_depth:
                 stats.cut += 1
                 break

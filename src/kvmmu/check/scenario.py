@@ -92,8 +92,9 @@ class VmSettings:
     mmio_gen_bits: Annotated[int, Field(ge=2, le=20, strict=True)] | None = None
     #: start the generation this many below the wrap (None: as the era did).
     start_near_wrap: Annotated[int, Field(ge=1, strict=True)] | None = None
-    #: DELETE/MOVE zap everything (``all``, the kernel's default quirk) or only the slot's SPTEs.
-    slot_zap: Literal["all", "slot"] = "all"
+    #: DELETE/MOVE zap everything (``all``, the kernel's default quirk), only the slot's SPTEs
+    #: (``slot``), or everything the pre-3.11 way (``all-slow``): ``kvmmu.mmu.invalidation``.
+    slot_zap: Literal["all", "slot", "all-slow"] = "all"
 
 
 @pdc.dataclass(frozen=True, slots=True, config=_CONFIG)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kvmmu.check.scenario import DEFAULT_SCENARIO, Access, Region, Scenario
-from kvmmu.mmu.invalidation import resolve_strategy
+from kvmmu.mmu.invalidation import SLOT_ZAPS, resolve_strategy
 from kvmmu.mmu.steps import Step
 from kvmmu.oracle import Violation
 from kvmmu.vm import VM
@@ -80,8 +80,9 @@ class CheckConfig:
             raise ConfigError(
                 f"--updates must be 0..{n} (scenario {self.scenario.name!r} has {n}), not {self.updates}"
             )
-        if self.slot_zap is not None and self.slot_zap not in ("all", "slot"):
-            raise ConfigError(f"--slot-zap must be one of all, slot, not {self.slot_zap!r}")
+        if self.slot_zap is not None and self.slot_zap not in SLOT_ZAPS:
+            raise ConfigError(f"--slot-zap must be one of {', '.join(SLOT_ZAPS)}, "
+                              f"not {self.slot_zap!r}")
         try:
             self.make_vm(trace=False)
         except ValueError as exc:

@@ -34,7 +34,7 @@ from kvmmu.check import (
     parse_schedule,
 )
 from kvmmu.check.explore import DEFAULT_MAX_DEPTH
-from kvmmu.mmu.invalidation import STRATEGIES, VARIANTS
+from kvmmu.mmu.invalidation import SLOT_ZAPS, STRATEGIES, VARIANTS
 
 DEFAULT_BOUND = 2
 
@@ -124,8 +124,9 @@ def _mode_text(result: Result) -> str:
                    "updates.")
 @click.option("--start-near-wrap", type=click.IntRange(1), default=None, metavar="N",
               help="Start the generation N below the wrap.")
-@click.option("--slot-zap", type=click.Choice(["all", "slot"]), default=None,
-              help="DELETE/MOVE zap everything (KVM's default quirk) or only the slot's SPTEs.")
+@click.option("--slot-zap", type=click.Choice(SLOT_ZAPS), default=None,
+              help="What DELETE/MOVE zap: everything (all: KVM's default quirk), only the slot's "
+                   "SPTEs (slot), or everything the pre-3.11 way (all-slow).")
 @click.option("--replay", "replay", default=None, metavar="SCHEDULE",
               help="Replay a schedule (e.g. 0:11,vmm:2,0:6,vmm:1) and explain every step.")
 @click.option("--budget", type=click.FloatRange(0), default=20.0, show_default=True,

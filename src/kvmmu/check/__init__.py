@@ -6,6 +6,10 @@ of it, :mod:`~kvmmu.check.state` keys a state for the visited set, :mod:`~kvmmu.
 searches (exhaustive with preemption bounding and state caching, or PCT random),
 :mod:`~kvmmu.check.minimize` shrinks a failing schedule, :mod:`~kvmmu.check.explain` tells it in
 kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only.
+
+Prior art, cited where it is used: stateless model checking (VeriSoft), preemption bounding
+(CHESS), state caching in place of partial-order reduction (DPOR), PCT random scheduling, delta
+debugging and breadth-first trace shortening (TLC, SPIN).
 """
 
 from kvmmu.check.explain import Counterexample, ExplainedStep, explain

@@ -101,7 +101,6 @@ class _Explainer:
     gens: list[int] = field(default_factory=list)
     active: list[Memslots] = field(default_factory=list)
     cache: tuple[int, int] = (0, 0)
-    cache_hits: int = 0
     cache_match: bool = False
 
     def before(self, world: World, t: int) -> None:
@@ -119,7 +118,6 @@ class _Explainer:
         if t < len(world.vcpus):
             arch = world.vcpus[t].arch
             self.cache = (arch.mmio_gfn, arch.mmio_gen)
-            self.cache_hits = arch.stats.mmio_cache_hits
             gfn = self.seen.get("gfn")
             self.cache_match = isinstance(gfn, int) and match_mmio_gpa(kvm, arch, gfn)
 

@@ -15,11 +15,13 @@ choices on a stack, each to be a later run's prefix.
   with the bound.  ``preemptions=None`` explores every interleaving.
 * *State caching*: after each step the state key (:mod:`kvmmu.check.state`) is looked up; a state
   already reached with no more preemptions used (and, when the depth is a bound, at no greater
-  depth) is not explored again.  Independent steps that commute reach the same state and are cut
-  here, which gives much of what partial-order reduction (DPOR, Flanagan and Godefroid, POPL 2005)
-  gives without a dependency relation between steps that would have to be kept in sync with the
-  protocol code.  ``max_depth`` is otherwise a safety cap; schedules it cuts are counted and make
-  the result incomplete.
+  depth) is not explored again.  Under a preemption bound the key also holds the thread that ran
+  last when it could go on, since that decides whether the next switch is a preemption.
+  Independent steps that commute reach the same state and are cut here, which gives much of
+  what partial-order reduction (DPOR, Flanagan and Godefroid, POPL 2005) gives without a
+  dependency relation between steps that would have to be kept in sync with the protocol code.
+  ``max_depth`` is otherwise a safety cap; schedules it cuts are counted and make the result
+  incomplete.
 * *Random mode* follows PCT (Burckhardt et al., ASPLOS 2010): random thread priorities and
   ``preemptions`` priority-change points per schedule, so a bug that needs d ordering constraints
   is hit with probability at least 1/(n k^(d-1)) per schedule rather than by luck.  A vCPU that

@@ -4,6 +4,9 @@ Parsing and formatting only: the search is :func:`kvmmu.check.explore` (exhausti
 bounded, state cached) or :func:`kvmmu.check.explore_random` (PCT), a failure is shrunk by
 :func:`kvmmu.check.minimise` and told in kernel terms by :func:`kvmmu.check.explain`.  Exit
 status: 0 no violation, 1 a violation (or a replayed schedule that fails), 2 bad input (one line).
+The report follows the error trails of model checkers such as SPIN and CHESS: the search figures,
+then the numbered steps of the failing schedule, then the command that replays it (CHESS's
+``/detail`` replay of a recorded schedule, here ``--replay``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ def test_descriptors_carry_kvm_names_and_counters_move(no_fd_leak: None) -> None
         # At least: "done" of step 1, the unbacked read, "done" of step 2 (the "idle" exits
         # race with this read of the counters).
         assert after["mmio_exits"] - before["mmio_exits"] >= 3
-        assert vcpu_stats.get("exits") == after["exits"]
+        # A single-counter read agrees with the bulk read, give or take the idle exits the
+        # running vCPU thread may take in between: counters only grow.
+        assert vcpu_stats.get("exits") >= after["exits"] > before["exits"]
         pages = vm_stats.get("pages_4k")
         assert pages >= 1
         m.set_user_memory_region(0, 0, 0x100000, 0, 0)  # delete: zap-all quirk zaps everything

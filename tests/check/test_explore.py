@@ -70,16 +70,12 @@ def test_the_fixed_generation_schemes_pass_two_vcpus_two_accesses_two_updates(
 # Reported to the model's owner, with counterexamples: in the zap-* strategies the update writes
 # its final generation before commit_memory_region() zaps the MMIO SPTEs, so a vCPU that hits one
 # in between caches "MMIO" with the final generation and the cache outlives the zap.
-@pytest.mark.xfail(strict=True, reason="model bug reported: zap-* strategies leave a stale "
-                                       "per-vCPU MMIO cache after the ioctl returns")
 @pytest.mark.parametrize("strategy", ["zap-walk", "zap-all-fast"])
 def test_the_zap_schemes_pass_two_vcpus_two_accesses_two_updates(strategy: str) -> None:
     result = explore(CheckConfig(strategy, vcpus=2, updates=2), preemptions=1)
     assert result.failure is None, result.failure.findings
 
 
-@pytest.mark.xfail(strict=True, reason="model bug reported: a vCPU keeps walking a root that "
-                                       "kvm_mmu_zap_all_fast() made obsolete and freed")
 def test_generation_passes_across_the_wrap_with_two_vcpus() -> None:
     result = explore(CheckConfig("generation", vcpus=2, mmio_gen_bits=2, updates=3),
                      preemptions=1)

@@ -42,7 +42,9 @@ def test_unlinking_a_table_frees_its_subtree_and_clears_the_parent_entry() -> No
     l2 = leaves[0].parent
     assert l2 is not None
     freed = mmu.unlink(l2)
-    assert len(freed) == 4 and all(sp.hpa not in mmu.active for sp in freed)
+    assert len(freed) == 4 and all(sp.hpa not in mmu.active for sp, _ in freed)
+    assert [live for _, live in freed] == [3, 1, 1, 1]  # l2's links, then each leaf's RAM entry
+    assert all(not any(sp.spt) for sp, _ in freed)  # kvm_mmu_page_unlink_children()
     assert l2.parent is not None and l2.parent.spt[0] == 0
     assert mmu.stats.mmu_shadow_zapped == 4
 

@@ -158,11 +158,28 @@ class X86Arch:
             yield from kvm.mmu.zap_gfn_range(self.who, old.base_gfn, old.end_gfn, old.as_id)
 
     def memslots_updated(self, as_id: int, gen: int) -> Steps[None]:
+        """Runs after the grace period and, in the modern era, before the final generation.
+
+        The ``zap-*`` strategies zap here, not at commit: their per-vCPU MMIO cache is tagged
+        with the memslot generation, so a vCPU that read a not-yet-zapped MMIO SPTE after the
+        generation became final would cache it under that final generation (found by
+        ``kvmmu check``).  While the generation still says "update in progress" such a fill is
+        refused, as for the wrap zap since "KVM: Call kvm_arch_memslots_updated() before updating
+        memslots" (2019).  The invalid copy a DELETE or MOVE publishes first backs nothing new, so
+        only the publish that can add backing zaps.
+        """
         kvm = self.kvm
-        if kvm.strategy.mmio_generation and generation_wrapped(kvm, gen):
+        strategy = kvm.strategy
+        if strategy.mmio_generation and generation_wrapped(kvm, gen):
             kvm.mmu.stats.generation_wraps += 1
-            if kvm.strategy.wrap_zap:
+            if strategy.wrap_zap:
                 yield from self.zap_all_fast()
+        zap = strategy.update_zap
+        if zap is not None and not any(s.invalid for s in kvm.memslots.active[as_id]):
+            if zap == "all-fast":
+                yield from self.zap_all_fast()
+            else:
+                yield from self.zap_mmio_sptes(only_cached=zap == "walk-mmio-cached")
 
     def commit_memory_region(self, plan: MemslotPlan) -> Steps[None]:
         kvm = self.kvm
@@ -171,11 +188,6 @@ class X86Arch:
                 and not (old is not None and old.dirty_logging and plan.change is Change.FLAGS_ONLY)):
             # kvm_mmu_slot_apply_flags(): logging just enabled (or a new/moved logged slot).
             yield from kvm.mmu.write_protect_range(self.who, new.base_gfn, new.end_gfn, new.as_id)
-        zap = kvm.strategy.update_zap
-        if zap == "all-fast":
-            yield from self.zap_all_fast()
-        elif zap is not None:
-            yield from self.zap_mmio_sptes(only_cached=zap == "walk-mmio-cached")
 
     def zap_all_fast(self) -> Steps[None]:
         yield from self.kvm.mmu.zap_all_fast(self.who)
@@ -193,9 +205,9 @@ class X86Arch:
                     continue
                 yield Step.WALK_SHADOW_PAGE
                 mmu.stats.invalidation_pages_walked += 1
-                for page in mmu.unlink(sp):
+                for _page, live in mmu.unlink(sp):
                     yield Step.FREE_SHADOW_PAGE
-                    mmu.drop_entries(page)
+                    mmu.drop_entries(live)
                 continue
             yield Step.WALK_SHADOW_PAGE
             mmu.stats.invalidation_pages_walked += 1

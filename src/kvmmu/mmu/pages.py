@@ -37,6 +37,8 @@ from kvmmu.sync import MmuLock
 from kvmmu.trace import Tracer
 
 ROOT_LEVEL: Final = 4
+_EMPTY_TABLE: Final = (0,) * SPTES_PER_PAGE
+_NO_CHILDREN: Final = (None,) * SPTES_PER_PAGE
 #: ``BATCH_ZAP_PAGES``: obsolete pages freed between two breaks of ``mmu_lock``.
 BATCH_ZAP_PAGES: Final = 10
 
@@ -153,17 +155,19 @@ class Mmu:
         sp.spt[index] = 0
         self.stats.sptes_zapped += 1
 
-    def unlink(self, sp: ShadowPage) -> list[ShadowPage]:
-        """``kvm_mmu_prepare_zap_page()``: detach ``sp`` and its subtree; returns the pages freed.
+    def unlink(self, sp: ShadowPage) -> list[tuple[ShadowPage, int]]:
+        """``kvm_mmu_prepare_zap_page()``: detach ``sp`` and its subtree and drop their entries.
 
-        The caller yields one :attr:`Step.FREE_SHADOW_PAGE` per returned page and then calls
-        :meth:`drop_entries` for it (the subtree is unreachable from the moment it is unlinked).
+        Returns each freed page with the number of live entries it held.  The entries are cleared
+        at once (``kvm_mmu_page_unlink_children()``): a vCPU that still holds an obsolete root
+        then faults and retries instead of walking a freed tree.  The caller yields one
+        :attr:`Step.FREE_SHADOW_PAGE` per page and then calls :meth:`drop_entries`.
         """
         parent = sp.parent
         if parent is not None and parent.children[sp.parent_index] is sp:
             parent.spt[sp.parent_index] = 0
             parent.children[sp.parent_index] = None
-        freed: list[ShadowPage] = []
+        freed: list[tuple[ShadowPage, int]] = []
         stack = [sp]
         trace = self.trace
         while stack:
@@ -173,19 +177,21 @@ class Mmu:
             if trace is not None:  # fired before role.invalid is set, as in the kernel
                 trace.kvm_mmu_prepare_zap_page(0, trace.sp_text(
                     page.mmu_valid_gen, page.gfn, page.level, 0))
-            freed.append(page)
+            freed.append((page, SPTES_PER_PAGE - page.spt.count(0)))
             self.stats.mmu_shadow_zapped += 1
             self.stats.mmio_sptes_zapped += page.nr_mmio
             page.nr_mmio = 0
             stack.extend(c for c in page.children if c is not None)
+            page.spt[:] = _EMPTY_TABLE
+            page.children[:] = _NO_CHILDREN
         for root_as, root in list(self.roots.items()):
             if root.hpa not in self.active:
                 del self.roots[root_as]
         return freed
 
-    def drop_entries(self, page: ShadowPage) -> None:
-        """Account the live entries of a freed page (``kvm_mmu_page_unlink_children()``)."""
-        self.stats.sptes_dropped += SPTES_PER_PAGE - page.spt.count(0)
+    def drop_entries(self, live: int) -> None:
+        """Account the live entries of a freed page (``mmu_page_zap_pte()`` for each)."""
+        self.stats.sptes_dropped += live
 
     def zap_all_fast(self, who: object) -> Steps[int]:
         """``kvm_mmu_zap_all_fast()``: obsolete every page with one increment, free them lazily.
@@ -208,9 +214,9 @@ class Mmu:
                 continue
             if sp.parent is not None and sp.parent.hpa in self.active:
                 continue  # freed with its obsolete parent
-            for page in self.unlink(sp):
+            for _page, live in self.unlink(sp):
                 yield Step.FREE_SHADOW_PAGE
-                self.drop_entries(page)
+                self.drop_entries(live)
                 freed_total += 1
                 batch += 1
                 if batch >= BATCH_ZAP_PAGES:
@@ -233,9 +239,9 @@ class Mmu:
                                              and sp.parent.hpa in self.active):
                 continue  # already freed, or freed with its parent
             yield Step.WALK_SHADOW_PAGE
-            for page in self.unlink(sp):
+            for _page, live in self.unlink(sp):
                 yield Step.FREE_SHADOW_PAGE
-                self.drop_entries(page)
+                self.drop_entries(live)
                 freed_total += 1
         self.roots.clear()
         self.mmu_valid_gen += 1  # stands for kvm_reload_remote_mmus(): every root is gone

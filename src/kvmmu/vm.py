@@ -227,7 +227,7 @@ class VM:
             entries = tuple((i, page_name(c) if c is not None else s)
                             for i, (s, c) in enumerate(zip(sp.spt, sp.children, strict=True))
                             if s or c is not None)
-            pages.append((page_name(sp), entries))
+            pages.append((page_name(sp), sp.mmio_cached, entries))  # zap-mmio-cached reads it
         pages.sort(key=repr)
         slots = tuple((s.generation, tuple((m.id, m.base_gfn, m.npages, m.flags,
                                             m.userspace_addr, m.invalid) for m in s))

@@ -3,8 +3,7 @@
 Design. A stateless explorer with a visited set (stateful search over re-executed prefixes, as in
 VeriSoft's successors and CHESS's state caching) may cut a schedule when it reaches a state seen
 before — but only if "state" includes everything that decides the future.  Shared state comes from
-``VM.state_key()``; to it we add what ``state_key`` does not cover but the protocol reads (the
-``mmio_cached`` flag of each shadow page, which ``zap-mmio-cached`` walks by).  Thread-local state
+``VM.state_key()`` (pages, their ``mmio_cached`` flags, memslots, caches, lock, SRCU).  Thread-local state
 lives in the generator frames: for each thread, the chain ``gen -> gen.gi_yieldfrom -> ...`` gives
 each frame's code and ``f_lasti`` (where it is suspended) and its locals (what it holds, e.g. a
 generation read before another thread's update).  Without the locals, two schedules that differ
@@ -219,10 +218,8 @@ class KeyCache:
 
 
 def shared_key(world: World) -> tuple[Any, ...]:
-    """``vm.state_key()`` and the page flags it leaves out."""
-    mmu = world.vm.kvm.mmu
-    flags = tuple(sorted(page_name(sp) for sp in mmu.active.values() if sp.mmio_cached))
-    return (world.vm.state_key(), flags)
+    """The shared state: ``vm.state_key()``."""
+    return world.vm.state_key()
 
 
 def world_key(world: World, extra: Hashable = None, cache: KeyCache | None = None) -> bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmmu.mmu.steps import Step, Steps
+from kvmmu.mmu.steps import MMU_LOCK, MMU_UNLOCK, SRCU_SYNC, Steps
 
 
 @dataclass(slots=True)
@@ -30,7 +30,7 @@ class MmuLock:
     def acquire(self, who: object) -> Steps[None]:
         """``write_lock(&kvm->mmu_lock)``: spin until free."""
         while True:
-            yield Step.MMU_LOCK
+            yield MMU_LOCK
             if self.holder is None:
                 self.holder = who
                 self.acquisitions += 1
@@ -39,7 +39,7 @@ class MmuLock:
 
     def release(self, who: object) -> Steps[None]:
         """``write_unlock(&kvm->mmu_lock)``."""
-        yield Step.MMU_UNLOCK
+        yield MMU_UNLOCK
         if self.holder is not who:
             raise RuntimeError(f"mmu_lock released by {who!r} but held by {self.holder!r}")
         self.holder = None
@@ -70,7 +70,7 @@ class Srcu:
         target = self.epoch
         self.waiting_for = target
         while True:
-            yield Step.SRCU_SYNC
+            yield SRCU_SYNC
             if not self._has_readers_before(target):
                 self.waiting_for = None
                 self.grace_periods += 1

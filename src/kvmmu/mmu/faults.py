@@ -4,7 +4,7 @@ Design. One generator, :func:`access`, follows a guest access from guest entry t
 way ``vcpu_enter_guest()`` and the exit handlers do:
 
 1. *Guest entry*: reload an obsolete root (``kvm_mmu_reload``), then the hardware walks the SPTEs
-   (:attr:`Step.GUEST_ACCESS`).  A present leaf with the needed permission answers without a trap.
+   (:attr:`GUEST_ACCESS`).  A present leaf with the needed permission answers without a trap.
 2. *Reserved-bit fault* on an MMIO SPTE (EPT misconfig / #PF with RSVD):
    ``handle_mmio_page_fault()`` first asks the per-vCPU cache (``mmio_info_in_cache``), then reads
    the SPTE locklessly and checks its generation: EMULATE, INVALID (go slow) or RETRY.
@@ -39,7 +39,22 @@ from kvmmu.memslots import (
 )
 from kvmmu.mmu.invalidation import mmio_generation_valid
 from kvmmu.mmu.pages import ShadowPage
-from kvmmu.mmu.steps import Step, Steps
+from kvmmu.mmu.steps import (
+    EMULATE,
+    EXIT_TO_USERSPACE,
+    GUEST_ACCESS,
+    MMU_LOCK,
+    MMU_UNLOCK,
+    READ_GENERATION,
+    READ_MEMSLOTS,
+    READ_SPTE_LOCKLESS,
+    RETRY,
+    ROOT_RELOAD,
+    VCPU_CACHE,
+    WRITE_SPTE,
+    ZAP_SPTE,
+    Steps,
+)
 from kvmmu.spte import (
     ACC_ALL,
     PAGE_SHIFT,
@@ -73,6 +88,16 @@ class Path(StrEnum):
     SLOW = "slow"
     CACHE = "cache"
     EMULATOR = "emulator"
+
+
+# The members as module constants for the hot path (see the note in kvmmu.mmu.steps).
+RAM: Final = AccessKind.RAM
+MMIO: Final = AccessKind.MMIO
+HW: Final = Path.HW
+FAST: Final = Path.FAST
+SLOW: Final = Path.SLOW
+CACHE: Final = Path.CACHE
+EMULATOR: Final = Path.EMULATOR
 
 
 class Outcome(NamedTuple):
@@ -162,7 +187,7 @@ def load_root(kvm: Kvm, vcpu: VcpuArch) -> Steps[None]:
     """``kvm_mmu_reload()`` -> ``mmu_alloc_direct_roots()`` under ``mmu_lock``."""
     mmu = kvm.mmu
     yield from mmu.lock.acquire(vcpu)
-    yield Step.ROOT_RELOAD
+    yield ROOT_RELOAD
     root, created = mmu.root_for(vcpu.as_id)
     vcpu.root = root
     vcpu.stats.root_reloads += 1
@@ -188,7 +213,7 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
     # An access that starts while a memslot update is in flight may still see the state that
     # update began from: KVM promises the new memslots only once the ioctl has returned.
     start_epoch = kvm.memslots.stable_epoch
-    path = Path.EMULATOR
+    path = EMULATOR
     traps = 0
     if not emulated:
         hw_mask, hw_value = mmu.hw_mmio_mask, mmu.hw_mmio_value
@@ -198,7 +223,7 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                 yield from load_root(kvm, vcpu)
                 root = vcpu.root
                 assert root is not None
-            yield Step.GUEST_ACCESS
+            yield GUEST_ACCESS
             # The hardware walk: no lock, no trap unless something is missing or reserved.  Like a
             # CPU's paging-structure cache, the vCPU remembers the last level-1 table it walked
             # to; the table is still linked exactly while it is on the active list and not
@@ -228,14 +253,14 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                     hva = (spte & PFN_MASK) + (gpa & ((1 << (shift + PAGE_SHIFT)) - 1))
                     if not traps:
                         vcpu.stats.hw_hits += 1
-                        path = Path.HW
+                        path = HW
                     hostmem = kvm.host_memory
                     if write:
                         hostmem.write_int(hva, size, value)
-                        out = _new_outcome(Outcome, (gpa, size, True, AccessKind.RAM, path, None,
+                        out = _new_outcome(Outcome, (gpa, size, True, RAM, path, None,
                                                      hva, False, traps, spte))
                     else:
-                        out = _new_outcome(Outcome, (gpa, size, False, AccessKind.RAM, path,
+                        out = _new_outcome(Outcome, (gpa, size, False, RAM, path,
                                                      hostmem.read_int(hva, size), hva, False,
                                                      traps, spte))
                     vcpu.last_outcome = out
@@ -250,21 +275,21 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
             kvm.srcu.read_lock(vcpu)
             if fault == _INVALID:
                 r = yield from _handle_mmio_page_fault(kvm, vcpu, gfn)
-                path = Path.FAST
+                path = FAST
                 if r == _EMULATE_CACHED:
-                    path, r = Path.CACHE, _EMULATE
+                    path, r = CACHE, _EMULATE
                 elif r == _INVALID:
-                    path = Path.SLOW
+                    path = SLOW
                     r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
             else:
-                path = Path.SLOW
+                path = SLOW
                 r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
             if r == _EMULATE:
                 break  # emulate with SRCU still held
             kvm.srcu.read_unlock(vcpu)
             if r == _RETRY:
                 vcpu.stats.pf_spurious += 1
-                yield Step.RETRY
+                yield RETRY
             # _FIXED and _RETRY both re-enter the guest, which re-executes the access.
     else:
         kvm.srcu.read_lock(vcpu)
@@ -280,25 +305,25 @@ def _ram_access(kvm: Kvm, gpa: int, size: int, write: bool, value: int, hva: int
                 traps: int, spte: int) -> Outcome:
     if write:
         kvm.host_memory.write_int(hva, size, value)
-        return _new_outcome(Outcome, (gpa, size, True, AccessKind.RAM, path, None, hva, False,
+        return _new_outcome(Outcome, (gpa, size, True, RAM, path, None, hva, False,
                                       traps, spte))
-    return _new_outcome(Outcome, (gpa, size, False, AccessKind.RAM, path,
+    return _new_outcome(Outcome, (gpa, size, False, RAM, path,
                                   kvm.host_memory.read_int(hva, size), hva, False, traps, spte))
 
 
 def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     """``handle_mmio_page_fault()``: the lockless fast path. EMULATE, INVALID or RETRY."""
     stats = vcpu.stats
-    yield Step.VCPU_CACHE
+    yield VCPU_CACHE
     if match_mmio_gpa(kvm, vcpu, gfn):  # mmio_info_in_cache()
         stats.mmio_cache_hits += 1
         return _EMULATE_CACHED
-    yield Step.READ_SPTE_LOCKLESS
+    yield READ_SPTE_LOCKLESS
     spte = _leaf_spte(kvm, vcpu, gfn)  # walk_shadow_page_lockless_begin() .. end()
     codec = kvm.mmu.codec
     if not codec.is_mmio(spte):
         return _RETRY  # zapped or replaced by another CPU: let the guest fault again
-    yield Step.READ_GENERATION
+    yield READ_GENERATION
     current = kvm.memslots.active[vcpu.as_id].generation
     spte_gen = codec.generation(spte)
     valid = mmio_generation_valid(kvm, current, spte_gen)
@@ -311,7 +336,7 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     access_bits = codec.access(spte)
     if trace is not None:
         trace.handle_mmio_page_fault(vcpu.id, 0, codec.gfn(spte), access_bits)
-    yield Step.VCPU_CACHE
+    yield VCPU_CACHE
     cache_mmio_info(kvm, vcpu, gfn, access_bits)
     stats.mmio_fast_path += 1
     return _EMULATE
@@ -349,7 +374,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
     key = (vcpu.as_id << 52) | gfn
     if key in mmu.ever_mapped:
         stats.refaults += 1
-    yield Step.READ_MEMSLOTS
+    yield READ_MEMSLOTS
     slot = kvm.memslots.active[vcpu.as_id].lookup(gfn)  # kvm_vcpu_gfn_to_memslot()
     target_level = 1
     writable = False
@@ -359,7 +384,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         if gfn > (1 << (kvm.phys_bits - PAGE_SHIFT)) - 1:
             stats.pf_emulate += 1
             return _EMULATE  # beyond kvm_mmu_max_gfn(): never cached
-        yield Step.VCPU_CACHE
+        yield VCPU_CACHE
         cache_mmio_info(kvm, vcpu, gfn, ACC_ALL & codec.marker.access_mask)
         if not codec.marker.caching:
             stats.pf_emulate += 1
@@ -376,15 +401,15 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             target_level = 2
     # MmuLock.acquire()/release() inlined: this is the hottest path of a plain run.
     lock = mmu.lock
-    yield Step.MMU_LOCK
+    yield MMU_LOCK
     while lock.holder is not None:
         lock.contended += 1
-        yield Step.MMU_LOCK
+        yield MMU_LOCK
     lock.holder = vcpu
     lock.acquisitions += 1
     root = vcpu.root
     if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen or root.hpa not in mmu.active:
-        yield Step.MMU_UNLOCK
+        yield MMU_UNLOCK
         lock.holder = None
         return _RETRY  # is_page_fault_stale(): zap_all_fast ran since guest entry
     # direct_map(): walk down, linking new shadow pages where tables are missing.  A linked
@@ -408,9 +433,9 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             break
         if child is None:
             if sp.spt[idx]:
-                yield Step.ZAP_SPTE
+                yield ZAP_SPTE
                 mmu.clear_spte(sp, idx)  # drop_large_spte(): a 2 MiB leaf must become a table
-            yield Step.WRITE_SPTE
+            yield WRITE_SPTE
             child = mmu.alloc_page(gfn & ~((1 << (9 * (level - 1))) - 1), level - 1,
                                    vcpu.as_id, sp, idx)
             if trace is not None:
@@ -420,11 +445,11 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         level -= 1
     old = sp.spt[idx]
     if slot is None:
-        yield Step.READ_GENERATION
+        yield READ_GENERATION
         gen = kvm.memslots.active[vcpu.as_id].generation  # make_mmio_spte(): the second read
         spte_gen = gen & kvm.gen_mask if kvm.strategy.mmio_generation else 0
         access_bits = ACC_ALL & codec.marker.stored_access_mask
-        yield Step.WRITE_SPTE
+        yield WRITE_SPTE
         if not codec.is_mmio(old):
             sp.nr_mmio += 1
         sp.spt[idx] = codec.encode(gfn, access_bits, spte_gen)
@@ -436,7 +461,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         result = _EMULATE
     else:
         base = gfn if level == 1 else gfn & ~511
-        yield Step.WRITE_SPTE
+        yield WRITE_SPTE
         if old and codec.is_mmio(old):
             sp.nr_mmio -= 1
         # make_spte(), i.e. spte.make_ram_spte() inlined: pfn | base bits | W | PS.
@@ -448,7 +473,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         stats.pf_fixed += 1
         result = _FIXED
     mmu.ever_mapped.add(key)
-    yield Step.MMU_UNLOCK
+    yield MMU_UNLOCK
     lock.holder = None
     return result
 
@@ -457,15 +482,15 @@ def _emulate(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool, size: in
              path: Path, traps: int) -> Steps[Outcome]:
     """``x86_emulate_instruction()`` -> ``emulator_read_write_onepage()`` for one access."""
     stats = vcpu.stats
-    yield Step.EMULATE
+    yield EMULATE
     stats.insn_emulation += 1
-    yield Step.VCPU_CACHE
+    yield VCPU_CACHE
     if match_mmio_gpa(kvm, vcpu, gfn):  # vcpu_mmio_gva_to_gpa(): the cache says MMIO
-        if path is Path.EMULATOR:
-            path = Path.CACHE
+        if path is EMULATOR:
+            path = CACHE
             stats.mmio_cache_hits += 1
     else:
-        yield Step.READ_MEMSLOTS  # kvm_vcpu_read_guest() / kvm_vcpu_write_guest()
+        yield READ_MEMSLOTS  # kvm_vcpu_read_guest() / kvm_vcpu_write_guest()
         slot = kvm.memslots.active[vcpu.as_id].lookup(gfn)
         if slot is not None and not slot.invalid and not (write and slot.readonly):
             if write:
@@ -478,12 +503,12 @@ def _emulate(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool, size: in
         if trace is not None:
             trace.kvm_mmio(vcpu.id, "write" if write else "read", size, gpa,
                            value if write else dev_value)
-        return _new_outcome(Outcome, (gpa, size, write, AccessKind.MMIO, path,
+        return _new_outcome(Outcome, (gpa, size, write, MMIO, path,
                                       None if write else dev_value, None, False, traps, 0))
     stats.mmio_exits += 1
     if trace is not None:
         trace.kvm_mmio(vcpu.id, "write" if write else "unsatisfied-read", size, gpa,
                        value if write else 0)
-    yield Step.EXIT_TO_USERSPACE
-    return _new_outcome(Outcome, (gpa, size, write, AccessKind.MMIO, path, None, None, True,
+    yield EXIT_TO_USERSPACE
+    return _new_outcome(Outcome, (gpa, size, write, MMIO, path, None, None, True,
                                   traps, 0))

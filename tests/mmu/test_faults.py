@@ -172,3 +172,29 @@ def test_bad_access_arguments_are_refused_with_a_reason(vm: VM) -> None:
         vcpu.access(0xFFE, size=4)
     with pytest.raises(ValueError, match="address width"):
         vcpu.access(1 << 52)
+
+
+@pytest.mark.parametrize("strategy", ["zap-walk", "zap-mmio-cached", "zap-all-fast"])
+def test_a_zapped_spte_read_mid_update_is_not_cached_as_current(strategy: str) -> None:
+    # The interleaving kvmmu check found: vCPU1 reads an MMIO SPTE that the update is about to
+    # zap, the update finishes and returns, then vCPU1 fills its per-vCPU cache.
+    vm = VM(strategy, slot_zap="slot")
+    vm.set_user_memory_region(0, 0, 0, 0x10000, HVA)
+    v0, v1 = vm.create_vcpu(), vm.create_vcpu()
+    v0.access(0x100000)  # an MMIO SPTE for gfn 0x100
+    v1.access(0x1000)  # vCPU1 has a root
+    update = vm.set_user_memory_region_steps(1, 0, 0x100000, 0x1000, HVA + 0x100000)
+    for step in update:
+        if step is Step.MMU_LOCK:  # published, grace period over: the zap is next
+            break
+    access = v1.access_steps(0x100000, write=True, value=0x5A)
+    for step in access:
+        if step is Step.READ_SPTE_LOCKLESS:
+            break
+    next(access)  # the lockless read of the (still present) MMIO SPTE
+    for _ in update:  # the zap runs and the ioctl returns
+        pass
+    for _ in access:
+        pass
+    assert vm.check_state() == []  # no stale per-vCPU cache
+    assert v1.access(0x100000).kind is AccessKind.RAM

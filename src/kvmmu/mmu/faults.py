@@ -164,9 +164,15 @@ class VcpuArch:
     last_outcome: Outcome | None = None
 
 
-def cache_mmio_info(kvm: Kvm, vcpu: VcpuArch, gfn: int, access: int) -> None:
-    """``vcpu_cache_mmio_info()``: remember the MMIO gfn with the generation it was seen in."""
-    gen = kvm.memslots.active[vcpu.as_id].generation
+def cache_mmio_info(kvm: Kvm, vcpu: VcpuArch, gfn: int, access: int,
+                    gen: int | None = None) -> None:
+    """``vcpu_cache_mmio_info()``: remember the MMIO gfn with the generation it was seen in.
+
+    ``gen`` is a generation read earlier, to tag with instead of the current one (see
+    :func:`_handle_mmio_page_fault`).
+    """
+    if gen is None:
+        gen = kvm.memslots.active[vcpu.as_id].generation
     if kvm.strategy.era == "modern" and gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
         return  # an update is in progress: caching now could outlive it
     vcpu.mmio_gfn = gfn
@@ -312,12 +318,24 @@ def _ram_access(kvm: Kvm, gpa: int, size: int, write: bool, value: int, hva: int
 
 
 def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
-    """``handle_mmio_page_fault()``: the lockless fast path. EMULATE, INVALID or RETRY."""
+    """``handle_mmio_page_fault()``: the lockless fast path. EMULATE, INVALID or RETRY.
+
+    An MMIO SPTE without a generation (the ``zap-*`` strategies) cannot say whether it is still
+    current, so the cache entry it yields is tagged with the generation read *before* the SPTE
+    (seqlock order): if a zap finishes and the update returns in between, that tag is already
+    stale (or says "update in progress" and is refused).  Tagging with the generation at fill time
+    would cache a zapped SPTE as current (found by ``kvmmu check``).  SPTEs with a generation are
+    checked against one read after them, which covers the same window, as in the kernel.
+    """
     stats = vcpu.stats
     yield VCPU_CACHE
     if match_mmio_gpa(kvm, vcpu, gfn):  # mmio_info_in_cache()
         stats.mmio_cache_hits += 1
         return _EMULATE_CACHED
+    gen_before: int | None = None
+    if not kvm.strategy.mmio_generation:
+        yield READ_GENERATION
+        gen_before = kvm.memslots.active[vcpu.as_id].generation
     yield READ_SPTE_LOCKLESS
     spte = _leaf_spte(kvm, vcpu, gfn)  # walk_shadow_page_lockless_begin() .. end()
     codec = kvm.mmu.codec
@@ -337,7 +355,7 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     if trace is not None:
         trace.handle_mmio_page_fault(vcpu.id, 0, codec.gfn(spte), access_bits)
     yield VCPU_CACHE
-    cache_mmio_info(kvm, vcpu, gfn, access_bits)
+    cache_mmio_info(kvm, vcpu, gfn, access_bits, gen_before)
     stats.mmio_fast_path += 1
     return _EMULATE
 

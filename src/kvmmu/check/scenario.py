@@ -21,8 +21,6 @@ describe a tiny concurrent program per file for exhaustive exploration.
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -32,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from kvmmu.errors import KvmError
 from kvmmu.spte import PAGE_SIZE
+from kvmmu.tomlfile import field_path, read_toml
 from kvmmu.vm import VM
 
 U64 = Annotated[int, Field(ge=0, lt=1 << 64, strict=True)]
@@ -151,20 +150,8 @@ DEFAULT_SCENARIO: Final = Scenario(
 _ADAPTER: Final = TypeAdapter(Scenario)
 
 
-def _where(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"__post_init__", "function-after", "function-before"}:
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
 def _message(err: Any) -> str:
-    where = _where(err["loc"])
+    where = field_path(err["loc"])
     msg: str = err["msg"]
     if err["type"] == "rule":
         field, _, text = msg.partition(": ")
@@ -188,16 +175,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     """A scenario file by path."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
-    return parse_scenario(data, str(p))
+    return parse_scenario(read_toml(path, ScenarioError), str(path))
 
 
 def check_feasible(scenario: Scenario, source: str) -> None:

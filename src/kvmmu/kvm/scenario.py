@@ -61,12 +61,13 @@ practice of printing a failing example that can be pasted back in.
 from __future__ import annotations
 
 import random
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kvmmu.tomlfile import field_path, parse_toml, read_toml
 
 PAGE = 4096
 U32 = (1 << 32) - 1
@@ -241,16 +242,12 @@ def _check_access(a: AccessSpec, h: Header, loc: str) -> None:
         raise ValueError(f"{loc}.value: {a.value:#x} does not fit in {a.size} bytes")
 
 
+#: The union tags pydantic inserts into locations of ``steps`` (one per op).
+_UNION_TAGS = frozenset({"set", "read", "write", "parallel", "dirty_log", "host_write"})
+
+
 def _describe(err: Any) -> str:
-    loc_parts: list[str] = []
-    for p in err["loc"]:
-        if isinstance(p, int):
-            loc_parts[-1:] = [f"{loc_parts[-1]}[{p}]"] if loc_parts else [f"[{p}]"]
-        elif p in ("set", "read", "write", "parallel", "dirty_log", "host_write"):
-            continue  # the union tag pydantic inserts
-        else:
-            loc_parts.append(str(p))
-    loc = ".".join(loc_parts) or "<file>"
+    loc = field_path(err["loc"], skip=_UNION_TAGS)
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"{loc}: unknown field"
@@ -270,10 +267,11 @@ def _describe(err: Any) -> str:
 
 def parse_scenario(text: str, path: str = "<text>") -> Scenario:
     """Parse and validate a scenario's TOML text; :class:`ScenarioError` names what is wrong."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    return validate_scenario(parse_toml(text, path, ScenarioError), path)
+
+
+def validate_scenario(raw: dict[str, Any], path: str) -> Scenario:
+    """Validate a parsed scenario document; :class:`ScenarioError` names what is wrong."""
     try:
         scn = Scenario.model_validate(raw)
     except ValidationError as exc:
@@ -286,14 +284,9 @@ def parse_scenario(text: str, path: str = "<text>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read scenario: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{p}: not a UTF-8 text file") from None
-    return parse_scenario(text, str(p))
+    """A scenario file by path."""
+    raw = read_toml(path, ScenarioError, "scenario")
+    return validate_scenario(raw, str(path))
 
 
 # --- writing (a failing random scenario is saved for replay) -----------------------------------

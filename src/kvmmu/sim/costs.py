@@ -71,6 +71,7 @@ from pydantic import (
 )
 
 from kvmmu.mmu.steps import Step
+from kvmmu.tomlfile import field_path, parse_toml
 
 #: Entries per shadow page: a walk of one page reads this many SPTEs.
 SPTES_PER_PAGE = 512
@@ -225,7 +226,7 @@ def _given(profile: _Profile) -> dict[str, int]:
 
 
 def _describe(err: Mapping[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = field_path(err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden" and len(err["loc"]) == 2:
         return f"{loc}: unknown cost name; allowed: {', '.join(COST_NAMES)}"
@@ -242,10 +243,7 @@ def _describe(err: Mapping[str, Any]) -> str:
 
 def parse_costs(text: str, path: str, base: CostModel | None = None) -> CostModel:
     """Parse and validate a profile's text; names it omits keep ``base``'s (or the default's)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CostError(f"{path}: not valid TOML: {exc}") from None
+    raw = parse_toml(text, path, CostError)
     try:
         profile = _Profile.model_validate(raw)
     except ValidationError as exc:

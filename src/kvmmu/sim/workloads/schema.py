@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import tomllib
 import typing
 from collections.abc import Sequence
 from importlib import resources
@@ -30,6 +29,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic import dataclasses as pdc
 from pydantic_core import PydanticCustomError
+
+from kvmmu.tomlfile import field_path, parse_toml, read_toml
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -330,20 +331,8 @@ class ScenarioError(ValueError):
     """An unusable scenario; the message names the file, the field and what is allowed."""
 
 
-def _where(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"__post_init__", "function-after", "function-before"}:
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
 def _message(err: Any) -> str:
-    where = _where(err["loc"])
+    where = field_path(err["loc"])
     msg = err["msg"]
     if err["type"] == "rule":  # our own cross-field rules: "field: message"
         field, _, text = msg.partition(": ")
@@ -390,10 +379,7 @@ def scenario_from_dict(data: dict[str, Any], path: str = "<built>") -> Scenario:
 
 def parse_scenario(text: str, path: str) -> Scenario:
     """Parse and validate a scenario's TOML text; ``path`` names it in errors."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    raw = parse_toml(text, path, ScenarioError)
     try:
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:
@@ -410,11 +396,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     """An embedded scenario by name (``boot``) or a scenario file by path."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScenarioError(f"{p}: cannot read scenario: {exc.strerror}") from None
-        return parse_scenario(text, str(p))
+        return scenario_from_dict(read_toml(p, ScenarioError, "scenario"), str(p))
     name = str(name_or_path)
     if name not in scenario_names():
         raise ScenarioError(

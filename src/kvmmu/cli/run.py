@@ -1,9 +1,9 @@
 """``kvmmu run``: a scenario under every strategy, in simulated time, compared and reported.
 
 Parsing and formatting only: the simulation is :mod:`kvmmu.sim.run` (the model's own protocol
-generators, charged by :mod:`kvmmu.sim.costs`), the outputs are :mod:`kvmmu.report`. The table
-keeps the functional comparison's counters (faults, refaults, fast-path hits, walks, work under
-``mmu_lock``, wraps, oracle violations) under the timed measures. Bad input is one line on stderr
+generators, charged by :mod:`kvmmu.sim.costs`), the outputs are :mod:`kvmmu.report`. Under the
+timed measures the table shows the work counted (faults, refaults, fast-path hits, walks, work under
+``mmu_lock`` as :mod:`kvmmu.stats` sums it, wraps, oracle violations). Bad input is one line on stderr
 and exit status 2 (click's usage errors, or :class:`InputError`).
 """
 

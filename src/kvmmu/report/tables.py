@@ -2,11 +2,10 @@
 
 Design. Rows are the questions users ask, grouped: what memslot updates cost (latency, ``mmu_lock``
 hold and spin, vCPU stall: simulated time), then the work each scheme did (faults, refaults, fast
-path, walks, zaps, wraps: the functional comparison's counters) and whether the oracle saw anything
+path, walks, zaps, wraps: the work measures of :mod:`kvmmu.stats`) and whether the oracle saw anything
 wrong. Strategies are columns so the table stays readable with six or more of them and many rows;
 units are chosen per row (µs for latencies, ms for totals) so it reads without a calculator, while
-``summary.csv`` and ``report.json`` keep raw ns. Prior art: ``hyperfine``'s comparison output and
-the functional ``kvmmu run`` table this one extends.
+``summary.csv`` and ``report.json`` keep raw ns. Prior art: ``hyperfine``'s comparison output.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kvmmu.stats import lock_work, shadow_pages_walked
+
 #: Column names of the comparison table and of ``summary.csv``, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "strategy",
@@ -170,14 +172,9 @@ class StrategyResult:
             "mmio_sptes_created": st.get("pf_mmio_spte_created", 0),
             "mmio_sptes_zapped": st.get("mmio_sptes_zapped", 0),
             "shadow_pages_zapped": st.get("mmu_shadow_zapped", 0),
-            # The functional comparison's measures of work (kvmmu.functional), same formulas.
-            "shadow_pages_walked": st.get("invalidation_pages_walked", 0) + st.get("mmu_shadow_zapped", 0),
+            "shadow_pages_walked": shadow_pages_walked(st),
             "sptes_walked": st.get("invalidation_sptes_walked", 0),
-            "lock_work": st.get("mmu_lock_acquisitions", 0)
-            + st.get("sptes_zapped", 0)
-            + st.get("mmu_shadow_zapped", 0)
-            + st.get("invalidation_pages_walked", 0)
-            + st.get("sptes_write_protected", 0),
+            "lock_work": lock_work(st),
             "generation_wraps": st.get("generation_wraps", 0),
             "oracle_violations": st.get("oracle_violations", 0),
             "vmm_errors": self.vmm_errors,

@@ -594,6 +594,18 @@ class _Fd:
             fd, self.fd = self.fd, -1
             os.close(fd)
 
+    def close(self) -> None:
+        """Release the descriptor and everything the object owns (subclasses add to it)."""
+        self._close_fd()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
 
 class Kvm(_Fd):
     """``/dev/kvm``: capabilities and VM creation."""
@@ -624,17 +636,6 @@ class Kvm(_Fd):
     def create_vm(self) -> Vm:
         fd = _ioctl(self.fileno(), KVM_CREATE_VM, 0, "KVM_CREATE_VM")
         return Vm(self, fd)
-
-    def close(self) -> None:
-        self._close_fd()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class Vm(_Fd):
@@ -745,14 +746,6 @@ class Vm(_Fd):
         for mem in self.memories:
             mem.close()
         self.memories.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class Vcpu(_Fd):
@@ -868,14 +861,6 @@ class Vcpu(_Fd):
             _libc.munmap(self._run_addr, self._run_size)
             self._run_addr = 0
         self._close_fd()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class KickGuard:

@@ -18,17 +18,14 @@ Needs /dev/kvm; prints the reason and exits 0 without figures where it is missin
 from __future__ import annotations
 
 import argparse
-import ctypes
 import sys
 import time
 
 from kvmmu import VM
-from kvmmu.kvm.bindings import _libc, kvm_available
-from kvmmu.kvm.guest import GuestLayout
-from kvmmu.kvm.harness import RealMachine
+from kvmmu.kvm.bindings import kvm_available
+from kvmmu.kvm.calibrate import measure_first_touch
 
 PAGE = 4096
-MADV_POPULATE_WRITE = 23
 
 
 def model_traps_per_second(pages: int, repeat: int) -> tuple[float, int]:
@@ -49,22 +46,9 @@ def model_traps_per_second(pages: int, repeat: int) -> tuple[float, int]:
 
 
 def kvm_faults_per_second(pages: int, repeat: int) -> tuple[float, int]:
-    best = 0.0
-    pf = 0
-    window = max(64 << 20, ((pages * PAGE + (2 << 20) - 1) // (2 << 20)) * (2 << 20))
-    with RealMachine(GuestLayout(window=window)) as m:
-        mem = m.allocate(pages * PAGE)
-        _libc.madvise(ctypes.c_void_p(mem.addr), mem.size, MADV_POPULATE_WRITE)
-        stats = m.vcpus[0].stats()
-        for _ in range(repeat):
-            m.set_user_memory_region(0, 0, 0, mem.size, mem.addr)
-            before = stats.get("pf_taken")
-            cold = m.touch(0, 0, pages)
-            pf = stats.get("pf_taken") - before
-            warm = m.touch(0, 0, pages)
-            m.set_user_memory_region(0, 0, 0, 0, 0)  # delete: fresh faults next time
-            best = max(best, pages / ((cold.elapsed_ns - warm.elapsed_ns) / 1e9))
-    return best, pf
+    """The calibration's own first-touch measurement; best run, as pages per second."""
+    figure, pf = measure_first_touch(pages, repeat)
+    return 1e9 / min(figure.samples), pf
 
 
 def main() -> int:

@@ -10,7 +10,11 @@ so :class:`TraceRecorder` touches as little of it as possible and puts back ever
 * the recording happens in a private ftrace *instance* (``instances/kvmmu-<pid>-<n>``): its own
   ring buffer, its own ``tracing_on`` and event switches.  The top-level buffer, its
   ``tracing_on``, its enabled events and its buffer size are never written, so another user's
-  trace survives intact; removing the instance frees everything the recording allocated.
+  trace survives intact; removing the instance frees everything the recording allocated;
+* the instance records only the processes it is told to (by default this process and every
+  thread it has or starts): ``set_event_pid`` filters in the kernel, ``options/event-fork`` adds
+  the threads and children those tasks create, and :meth:`TraceRecorder.events` drops any line of
+  another task, so another VM on the machine never shows up in a recording.
 
 The context manager restores on every exit path, exceptions included; :func:`snapshot` reads the
 global state so that a test can compare before and after.
@@ -26,6 +30,7 @@ import ctypes.util
 import itertools
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -145,9 +150,18 @@ class TraceRecorder:
     systems (``"kvm"``); by default both systems.  :meth:`events` returns what was recorded so far.
     """
 
-    def __init__(self, events: tuple[str, ...] = SYSTEMS, buffer_size_kb: int = 4096) -> None:
+    def __init__(
+        self,
+        events: tuple[str, ...] = SYSTEMS,
+        buffer_size_kb: int = 4096,
+        pids: Iterable[int] | None = None,
+    ) -> None:
         self._wanted = events
         self._buffer_kb = buffer_size_kb
+        # Default: this process, all its threads (vCPU threads start later: event-fork adds them).
+        self._pids = tuple(pids) if pids is not None else own_tasks()
+        if not self._pids:
+            raise TracefsError("no process to record: pids is empty")
         self._mounted_here: Path | None = None
         self._instance: Path | None = None
 
@@ -179,6 +193,9 @@ class TraceRecorder:
         self._instance = inst
         (inst / "tracing_on").write_text("0")
         (inst / "buffer_size_kb").write_text(str(self._buffer_kb))
+        # Before any event is enabled: only our tasks, and the tasks they start, are recorded.
+        (inst / "options" / "event-fork").write_text("1")
+        (inst / "set_event_pid").write_text(" ".join(str(p) for p in self._pids))
         for spec in self._wanted:
             switch = inst / "events" / spec / "enable"
             if not switch.is_file():
@@ -191,7 +208,17 @@ class TraceRecorder:
         """Everything recorded so far (the buffer is left as is)."""
         if self._instance is None:
             raise TracefsError("not recording")
-        return parse_trace((self._instance / "trace").read_text())
+        # The kernel filter already holds; the check here keeps a foreign line out even if a
+        # task of ours exited and its pid was reused before the filter saw it go.
+        allowed = self.recorded_pids()
+        return [e for e in parse_trace((self._instance / "trace").read_text()) if e.pid in allowed]
+
+    def recorded_pids(self) -> frozenset[int]:
+        """The tasks the instance records: those given, plus the ones they started since."""
+        if self._instance is None:
+            raise TracefsError("not recording")
+        text = (self._instance / "set_event_pid").read_text()
+        return frozenset(int(p) for p in text.split()) | frozenset(self._pids)
 
     def stop(self) -> None:
         """Stop recording; :meth:`events` still reads what was recorded."""
@@ -217,6 +244,12 @@ class TraceRecorder:
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._restore()
+
+
+def own_tasks() -> tuple[int, ...]:
+    """This process's pid and the ids of all its threads (``/proc/self/task``)."""
+    tids = {int(t) for t in os.listdir("/proc/self/task")}
+    return (os.getpid(), *sorted(tids - {os.getpid()}))
 
 
 def count(events: list[TraceEvent], name: str) -> int:

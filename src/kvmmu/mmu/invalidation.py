@@ -65,7 +65,15 @@ class Strategy:
     update_zap: str | None  # zap work on every memslot change: None, walk, walk-mmio-cached, all-fast
     wrap_zap: bool = True  # zap everything when the MMIO generation wraps
     cache_generation: bool = True  # the per-vCPU MMIO cache checks its generation
-    broken: bool = False
+    broken: bool = False  # a deliberately broken variant (NAME+VARIANT): no kernel ran it
+    #: Bugs the modelled kernel really had (one line each, with the fixing commit); non-empty marks
+    #: a historically buggy strategy whose oracle violations are expected, not a failed run.
+    known_bugs: tuple[str, ...] = ()
+
+    @property
+    def expected_violations(self) -> bool:
+        """Whether the oracle may catch this strategy: a broken variant or a buggy kernel."""
+        return self.broken or bool(self.known_bugs)
 
     def __post_init__(self) -> None:
         if self.update_zap not in UPDATE_ZAPS:

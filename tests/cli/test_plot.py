@@ -35,6 +35,7 @@ def test_quick_figures_write_pngs_and_numbers(tmp_path: Path) -> None:
         "lock_hold_vs_shadow_pages.png",
         "refaults_after_create.png",
         "figures.json",
+        ".kvmmu-output",
     }
     data = json.loads((out / "figures.json").read_text())
     refaults = data["refaults"]["by_strategy"]

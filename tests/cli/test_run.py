@@ -127,3 +127,39 @@ def test_help_explains_every_option() -> None:
         "SCENARIO",
     ):
         assert opt in result.output
+
+
+def test_out_refuses_a_folder_holding_other_files_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "results"
+    home.mkdir(mode=0o755)
+    (home / "thesis.tex").write_text("years of work")
+    mode = home.stat().st_mode
+    _one_line_error(capsys, ["run", "-s", "generation", "--no-plots", "--out", str(home)], "thesis.tex")
+    assert [p.name for p in home.iterdir()] == ["thesis.tex"]
+    assert home.stat().st_mode == mode and (home / "thesis.tex").read_text() == "years of work"
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def test_out_replaces_its_own_previous_report(tmp_path: Path) -> None:
+    f = tmp_path / "tiny.toml"
+    f.write_text(TINY)
+    out = tmp_path / "o"
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["run", str(f), "-s", "generation", "--no-plots", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    assert (out / "report.json").exists() and (out / ".kvmmu-output").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "tiny.toml"]
+
+
+def test_unusable_out_is_one_line_before_simulating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    for out in ("", ".", "..", "/proc/x", "keep.txt", "keep.txt/sub", str(tmp_path)):
+        _one_line_error(capsys, ["run", "--out", out], "--out")
+    (tmp_path / "kvmmu-out").write_text("a file")
+    _one_line_error(capsys, ["run"], "kvmmu-out", "not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "kvmmu-out"]

@@ -25,4 +25,4 @@ def test_write_report_writes_every_file(small_run: RunResult, tmp_path: Path) ->
     assert json.loads((out / "report.json").read_text())["scenario"] == small_run.scenario
     again = write_report(small_run, out, plots=False)
     assert {f.name for f in again} == {"report.json", "summary.csv", "trace.json", "index.html"}
-    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in again)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".kvmmu-output", *(f.name for f in again)])

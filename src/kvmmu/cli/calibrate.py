@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kvmmu.kvm.bindings import kvm_available
+from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
 
 class InputError(click.ClickException):
@@ -32,8 +33,9 @@ def _us(ns: float) -> str:
 @click.command("calibrate")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the cost profile (TOML) here.",
+    "out_text",
+    help="Write the cost profile (TOML) here, atomically; an existing file is replaced only if "
+    "`kvmmu calibrate` wrote it. Checked before measuring.",
 )
 @click.option("--quick", is_flag=True, help="Fewer points and runs (a few seconds).")
 @click.option(
@@ -41,18 +43,22 @@ def _us(ns: float) -> str:
     type=click.IntRange(min=1, max=100),
     help="Runs per figure (default 7; 3 with --quick).",
 )
-def command(out: Path | None, quick: bool, runs: int | None) -> None:
+def command(out_text: str | None, quick: bool, runs: int | None) -> None:
     """Measure first-touch faults, MMIO exits, exits to userspace and memslot operations with
     0 to 32k live shadow PTEs (zap-all quirk on and off) on /dev/kvm; print medians, the
     model's prediction next to the measured delete curve, and write a cost profile."""
     from kvmmu.kvm import calibrate as kc
     from kvmmu.sim.costs import CostError, default_costs, parse_costs
 
+    out: Path | None = None
+    if out_text is not None:  # checked first: a refused destination must not cost minutes
+        try:
+            out = check_output_file(out_text, ours=lambda t: t.startswith(kc.PROFILE_HEADER))
+        except OutputError as exc:
+            raise InputError(str(exc)) from None
     reason = kvm_available()
     if reason is not None:
         raise InputError(f"the real KVM is needed: {reason}")
-    if out is not None and not out.parent.exists():
-        raise InputError(f"--out: directory {out.parent} does not exist")
     console = Console(soft_wrap=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -127,7 +133,7 @@ def command(out: Path | None, quick: bool, runs: int | None) -> None:
         highlight=False,
     )
     if out is not None:
-        out.write_text(text, encoding="utf-8")
+        atomic_write_text(out, text)
         console.print(
             f"cost profile written to {out} ({len(costs)} measured costs)", highlight=False
         )

@@ -6,6 +6,9 @@ Argument parsing and printing only; the work is :mod:`kvmmu.kvm.diff` and
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
 
 import click
@@ -13,6 +16,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from kvmmu.kvm.bindings import kvm_available
+from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file, probe_writable
+
+#: First line of every scenario ``--save-failing`` writes: how a later run knows the file is ours.
+SAVED_HEADER = "# Saved by `kvmmu diff --random --save-failing`"
 
 
 class InputError(click.ClickException):
@@ -44,15 +51,15 @@ def _need_kvm() -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.1, max=3600),
     default=5.0,
     show_default=True,
     help="Seconds one guest step may take.",
 )
 @click.option(
     "--save-failing",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write diverging random scenarios as TOML into this directory.",
+    help="Write diverging random scenarios as TOML (random-SEED.toml) into this folder; a file "
+    "of that name that kvmmu did not write is never overwritten (the run is refused first).",
 )
 @click.option(
     "--context",
@@ -68,7 +75,7 @@ def command(
     seed: int,
     strategy: str,
     timeout: float,
-    save_failing: Path | None,
+    save_failing: str | None,
     context: int,
 ) -> None:
     """Run SCENARIO (TOML) on the model and on /dev/kvm and compare what the guest observes.
@@ -90,6 +97,13 @@ def command(
         raise InputError(
             f"--strategy: unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}"
         ) from None
+    if not math.isfinite(timeout):
+        raise InputError(f"--timeout: must be a number of seconds from 0.1 to 3600 (got {timeout})")
+    save_dir: Path | None = None
+    if save_failing is not None:
+        if n_random is None:
+            raise InputError("--save-failing goes with --random N")
+        save_dir = _check_save_failing(save_failing, seed, n_random)
     console = Console(soft_wrap=True)
     if scenario is not None:
         try:
@@ -137,10 +151,10 @@ def command(
             if not res.agree:
                 failing.append(s)
                 progress.console.print(res.report(context), highlight=False)
-                if save_failing is not None:
-                    save_failing.mkdir(parents=True, exist_ok=True)
-                    out = save_failing / f"random-{s}.toml"
-                    out.write_text(to_toml(res.scenario), encoding="utf-8")
+                if save_dir is not None:
+                    out = save_dir / f"random-{s}.toml"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out, f"{SAVED_HEADER} (seed {s})\n{to_toml(res.scenario)}")
                     progress.console.print(f"  saved as {out}", highlight=False)
 
         summary_r = kdiff.run_random(
@@ -153,3 +167,27 @@ def command(
         highlight=False,
     )
     raise SystemExit(0 if not summary_r.failures else 1)
+
+
+def _check_save_failing(folder: str, seed: int, n: int) -> Path:
+    """The folder for diverging scenarios, checked before any guest runs: writable, and no
+    ``random-SEED.toml`` of the seeds to run that kvmmu did not write."""
+    if not folder.strip():
+        raise InputError("--save-failing: empty path; name a folder, e.g. --save-failing failing")
+    base = Path(folder)
+
+    def ours(text: str) -> bool:
+        return text.startswith(SAVED_HEADER)
+
+    try:
+        if base.exists() and not base.is_dir():
+            raise OutputError(f"--save-failing {folder}: exists and is not a folder")
+        if base.exists():
+            for name in os.listdir(base):
+                m = re.fullmatch(r"random-(\d+)\.toml", name)
+                if m and seed <= int(m.group(1)) < seed + n:
+                    check_output_file(base / name, "--save-failing", ours=ours)
+        probe_writable(base, folder, "--save-failing")
+    except OutputError as exc:
+        raise InputError(str(exc)) from None
+    return base

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvmmu.mmu.invalidation import STRATEGIES, strategy_choices
-from kvmmu.report.atomic import atomic_directory
+from kvmmu.report.atomic import OutputError, atomic_directory, check_output_dir
 from kvmmu.report.plots import plot_grouped_bars, plot_sweep
 from kvmmu.sim import experiments as ex
 from kvmmu.sim.costs import CostError, CostModel, load_costs
@@ -93,10 +93,10 @@ def _crossover(sweep: Sweep, a: str, b: str, key: str) -> int | None:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("kvmmu-out/figures"),
+    default="kvmmu-out/figures",
     show_default=True,
-    help="Directory for the PNGs and figures.json (replaced atomically).",
+    help="Folder for the PNGs and figures.json: new, empty, or written by kvmmu before "
+    "(replaced atomically; a folder holding other files is refused, never emptied).",
 )
 @click.option(
     "--workers",
@@ -110,7 +110,7 @@ def command(
     figures: tuple[str, ...],
     strategies: tuple[str, ...],
     costs_path: Path | None,
-    out_dir: Path,
+    out_dir: str,
     workers: int,
     quick: bool,
 ) -> None:
@@ -128,7 +128,8 @@ def command(
     names = list(strategies) or list(STRATEGIES)
     try:
         costs = load_costs(costs_path)
-    except CostError as exc:
+        out = check_output_dir(out_dir)
+    except (CostError, OutputError) as exc:
         raise InputError(str(exc)) from None
     console = Console()
     if not console.is_terminal:
@@ -141,11 +142,11 @@ def command(
         if err.is_terminal:
             err.print(f"[dim]{time.perf_counter() - t0:6.1f} s  {what}[/dim]")
 
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out) as tmp:
         for fig in chosen:
             numbers[fig] = _FIGURE[fig](names, costs, tmp, console, workers, quick, note)
         (tmp / "figures.json").write_text(json.dumps(numbers, indent=1) + "\n", "utf-8")
-    console.print(f"figures in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
+    console.print(f"figures in {out}/ ({time.perf_counter() - t0:.1f} s)")
 
 
 Note = Any

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kvmmu.mmu.invalidation import STRATEGIES, strategy_choices
+from kvmmu.report.atomic import OutputError, check_output_dir
 from kvmmu.report.files import report_dict
 from kvmmu.report.output import write_report
 from kvmmu.report.tables import comparison_table
@@ -76,8 +77,8 @@ def _size(value: str | None) -> int | None:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Results directory, replaced atomically. Default: kvmmu-out/<scenario>.",
+    help="Results folder: a new or empty folder, or one kvmmu wrote before (replaced atomically; "
+    "a folder holding other files is refused, never emptied). Default: kvmmu-out/<scenario>.",
 )
 @click.option(
     "--json",
@@ -110,7 +111,7 @@ def command(
     strategies: tuple[str, ...],
     costs_path: Path | None,
     seed: int,
-    out_dir: Path | None,
+    out_dir: str | None,
     as_json: bool,
     vcpus: int | None,
     memory: str | None,
@@ -140,11 +141,12 @@ def command(
         if vcpus is not None or mem is not None:
             sc = sc.with_overrides(vcpus=vcpus, memory=mem)
         costs = load_costs(costs_path)
-    except (ScenarioError, CostError) as exc:
+        # Checked before minutes of simulation, not after: a refused folder costs nothing.
+        out = check_output_dir(out_dir if out_dir is not None else DEFAULT_OUT / _dirname(sc.name))
+    except (ScenarioError, CostError, OutputError) as exc:
         raise InputError(str(exc)) from None
     except ValueError as exc:  # a --memory that is not a size
         raise InputError(f"--memory: {exc}") from None
-    out = out_dir if out_dir is not None else DEFAULT_OUT / _dirname(sc.name)
     opts = SimOptions(
         seed=seed,
         oracle=not no_oracle,

@@ -297,6 +297,10 @@ def derive_costs(
     return costs, how
 
 
+#: The first line of every profile :func:`profile_toml` writes: how ``--out`` recognises its own.
+PROFILE_HEADER = "# Written by `kvmmu calibrate`"
+
+
 def profile_toml(costs: Mapping[str, int], source: Mapping[str, str]) -> str:
     """A flat ``[costs]`` table of ``<name>_ns = int`` and a ``[source]`` table of strings."""
 
@@ -304,7 +308,7 @@ def profile_toml(costs: Mapping[str, int], source: Mapping[str, str]) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
     lines = [
-        "# Written by `kvmmu calibrate` from measurements on this machine's /dev/kvm.",
+        f"{PROFILE_HEADER} from measurements on this machine's /dev/kvm.",
         "[costs]",
     ]
     lines += [f"{k} = {int(v)}" for k, v in costs.items()]

@@ -240,6 +240,6 @@ class VM:
         readers = tuple(sorted((r.id if isinstance(r, VcpuArch) else -1,
                                 waiting is not None and e < waiting)
                                for r, e in kvm.srcu.readers.items()))
-        memory = tuple(sorted((p, bytes(b)) for p, b in self.host_memory.pages.items()))
+        memory = self.host_memory.key()
         return (slots, kvm.memslots.updating, mmu.mmu_valid_gen, tuple(pages), vcpus, holder,
                 readers, waiting is not None, memory)

@@ -11,7 +11,9 @@ from kvmmu.memslots import (
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
     KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+    KVM_USER_MEM_SLOTS,
     MemoryRegionRequest,
+    Memslots,
     MemslotState,
     plan_memory_region,
 )
@@ -220,3 +222,42 @@ def test_lookup_finds_each_of_thousands_of_slots() -> None:
     slots = vm.kvm.memslots.active[0]
     assert all(slots.lookup(i << 1).id == i for i in range(n))  # type: ignore[union-attr]
     assert all(slots.lookup((i << 1) | 1) is None for i in range(n))
+
+
+def test_every_slot_id_up_to_the_limit_can_be_created_found_and_deleted() -> None:
+    vm = VM("generation", oracle=False)
+    n = KVM_USER_MEM_SLOTS
+    for i in range(n):
+        vm.set_user_memory_region(i, 0, i << 13, 0x1000, HVA + (i << 12))
+    full = vm.kvm.memslots.active[0]
+    assert len(full) == n and [s.id for s in full] == list(range(n))
+    assert all(full.lookup(i << 1).id == i for i in range(0, n, 97))  # type: ignore[union-attr]
+    assert errno_of(vm, 5, 0, 5 << 13, 0x1000, HVA + (5 << 12)) == "ok"  # identical: a no-op
+    assert errno_of(vm, 7, 0, 7 << 13, 0x2000, HVA + (7 << 12)) == "EINVAL"  # size changed
+    assert errno_of(vm, 7, 0, 6 << 13, 0x1000, HVA + (7 << 12)) == "EEXIST"  # moved onto slot 6
+    for i in range(n):
+        vm.set_user_memory_region(i, 0, i << 13, 0, HVA + (i << 12))
+    assert len(vm.kvm.memslots.active[0]) == 0 and len(full) == n  # the old snapshot is intact
+
+
+def test_a_new_snapshot_shares_all_but_a_path_with_its_predecessor() -> None:
+    vm = VM("generation", oracle=False)
+    for i in range(1000):
+        vm.set_user_memory_region(i, 0, i << 13, 0x1000, HVA + (i << 12))
+    before = vm.kvm.memslots.active[0]
+    vm.set_user_memory_region(500, KVM_MEM_LOG_DIRTY_PAGES, 500 << 13, 0x1000, HVA + (500 << 12))
+    after = vm.kvm.memslots.active[0]
+
+    def leaves(slots: Memslots) -> set[int]:
+        out, stack = set(), [slots.slot_set.by_gfn._root]
+        while stack:
+            node = stack.pop()
+            if node.leaf:
+                out.add(id(node))
+            else:
+                stack.extend(node.items)
+        return out
+
+    shared = leaves(before) & leaves(after)
+    assert len(leaves(after)) - len(shared) == 1  # only the changed slot's leaf was copied
+    assert before.by_id[500].flags == 0 and after.by_id[500].flags == KVM_MEM_LOG_DIRTY_PAGES

@@ -5,8 +5,10 @@ Design. The kernel (``virt/kvm/kvm_main.c``) keeps, per address space, a pointer
 with ``rcu_assign_pointer`` and waits for a grace period.  The model does the same: a
 :class:`Memslots` snapshot is never mutated except for its ``generation`` field (which the kernel
 also writes in place after the grace period), so a reader that took a snapshot keeps a consistent
-view however long it runs.  Lookups are a binary search over base gfns, as since the 2021 switch
-from the LRU array (the design note's "13,000 -> 2,000 cycles with 117 slots").
+view however long it runs.  Lookups search a tree by base gfn in O(log n), as since the 2021 switch
+from the LRU array (the design note's "13,000 -> 2,000 cycles with 117 slots"); an update builds
+the next snapshot in O(log n) by path copying (:class:`SlotSet`, :mod:`kvmmu.persistent`), so
+filling all 32,764 slots is O(n log n) as in 5.17+ kernels, not O(n^2).
 
 The update itself, :func:`set_memory_region`, is a generator in the steppable protocol
 (``kvmmu.mmu.steps``) so that the interleaving explorer and the timed simulation can put a vCPU
@@ -26,7 +28,6 @@ Generations step as the selected era did (design note sections 2 and 4):
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -34,6 +35,7 @@ from typing import Final, Protocol
 
 from kvmmu.errors import KvmError
 from kvmmu.mmu.steps import Step, Steps
+from kvmmu.persistent import SortedMap
 from kvmmu.spte import PAGE_SHIFT, PAGE_SIZE
 from kvmmu.sync import Srcu
 
@@ -124,6 +126,40 @@ def new_dirty_bitmap(npages: int) -> bytearray:
     return bytearray(((npages + 63) // 64) * 8)
 
 
+class SlotSet:
+    """The slots of one address space, indexed by id and by base gfn: a persistent value.
+
+    :meth:`with_slot` and :meth:`without_slot` return new sets in O(log n) that share all but a
+    path of each index with this one (:class:`kvmmu.persistent.SortedMap`), so building the next
+    snapshot leaves the published one intact for its SRCU readers, as the kernel's two alternating
+    memslot sets do since 5.17 (commit a54d806688fe).
+    """
+
+    __slots__ = ("by_gfn", "by_id")
+
+    def __init__(self, by_id: SortedMap[Memslot], by_gfn: SortedMap[Memslot]) -> None:
+        self.by_id = by_id
+        self.by_gfn = by_gfn
+
+    @classmethod
+    def of(cls, slots: Mapping[int, Memslot]) -> SlotSet:
+        return cls(SortedMap(slots.items()),
+                   SortedMap((s.base_gfn, s) for s in slots.values()))
+
+    def with_slot(self, slot: Memslot) -> SlotSet:
+        old = self.by_id.get(slot.id)
+        by_gfn = self.by_gfn
+        if old is not None and old.base_gfn != slot.base_gfn:
+            by_gfn = by_gfn.delete(old.base_gfn)
+        return SlotSet(self.by_id.set(slot.id, slot), by_gfn.set(slot.base_gfn, slot))
+
+    def without_slot(self, slot_id: int) -> SlotSet:
+        old = self.by_id.get(slot_id)
+        if old is None:
+            return self
+        return SlotSet(self.by_id.delete(slot_id), self.by_gfn.delete(old.base_gfn))
+
+
 class Memslots:
     """``struct kvm_memslots`` of one address space: a published, read-only set of slots.
 
@@ -131,15 +167,16 @@ class Memslots:
     grace period), exactly as the kernel writes ``slots->generation``.
     """
 
-    __slots__ = ("_bases", "_sorted", "as_id", "by_id", "generation", "last_used_slot")
+    __slots__ = ("as_id", "by_id", "generation", "last_used_slot", "slot_set")
 
-    def __init__(self, as_id: int, by_id: Mapping[int, Memslot], generation: int) -> None:
+    def __init__(self, as_id: int, slots: Mapping[int, Memslot] | SlotSet,
+                 generation: int) -> None:
         self.as_id = as_id
-        self.by_id: dict[int, Memslot] = dict(by_id)
-        self._sorted = sorted(self.by_id.values(), key=lambda s: s.base_gfn)
-        self._bases = [s.base_gfn for s in self._sorted]
+        self.slot_set = slots if isinstance(slots, SlotSet) else SlotSet.of(slots)
+        #: The slots by id (``id_hash`` in 5.17+ kernels), a read-only mapping.
+        self.by_id: Mapping[int, Memslot] = self.slot_set.by_id
         self.generation = generation
-        #: ``slots->last_used_slot``: tried before the binary search (a hint, never wrong).
+        #: ``slots->last_used_slot``: tried before the tree search (a hint, never wrong).
         self.last_used_slot: Memslot | None = None
 
     def lookup(self, gfn: int) -> Memslot | None:
@@ -147,9 +184,9 @@ class Memslots:
         last = self.last_used_slot
         if last is not None and last.base_gfn <= gfn < last.base_gfn + last.npages:
             return last
-        i = bisect.bisect_right(self._bases, gfn) - 1
-        if i >= 0:
-            slot = self._sorted[i]
+        hit = self.slot_set.by_gfn.floor(gfn)
+        if hit is not None:
+            slot = hit[1]
             if gfn < slot.base_gfn + slot.npages:
                 self.last_used_slot = slot
                 return slot
@@ -157,32 +194,31 @@ class Memslots:
 
     def overlapping(self, base_gfn: int, end_gfn: int, except_id: int) -> Memslot | None:
         """``kvm_check_memslot_overlap()``: a slot other than ``except_id`` meeting the range."""
-        i = bisect.bisect_left(self._bases, end_gfn) - 1
-        while i >= 0:
-            slot = self._sorted[i]
+        by_gfn = self.slot_set.by_gfn
+        key = end_gfn - 1
+        while True:
+            hit = by_gfn.floor(key)
+            if hit is None:
+                return None
+            slot = hit[1]
             if slot.base_gfn + slot.npages <= base_gfn:
                 # Slots do not overlap each other, so nothing further left can reach base_gfn.
                 return None
             if slot.id != except_id:
                 return slot
-            i -= 1
-        return None
+            key = slot.base_gfn - 1
 
-    def with_slot(self, slot: Memslot) -> dict[int, Memslot]:
-        d = dict(self.by_id)
-        d[slot.id] = slot
-        return d
+    def with_slot(self, slot: Memslot) -> SlotSet:
+        return self.slot_set.with_slot(slot)
 
-    def without_slot(self, slot_id: int) -> dict[int, Memslot]:
-        d = dict(self.by_id)
-        d.pop(slot_id, None)
-        return d
+    def without_slot(self, slot_id: int) -> SlotSet:
+        return self.slot_set.without_slot(slot_id)
 
     def __iter__(self) -> Iterator[Memslot]:
-        return iter(self._sorted)
+        return self.slot_set.by_gfn.values_in_order()
 
     def __len__(self) -> int:
-        return len(self._sorted)
+        return len(self.slot_set.by_id)
 
     def __repr__(self) -> str:
         return f"Memslots(as={self.as_id}, gen={self.generation:#x}, slots={len(self)})"
@@ -375,7 +411,7 @@ class MemslotState:
 
 
 def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
-                          as_id: int, by_id: dict[int, Memslot]) -> Steps[None]:
+                          as_id: int, by_id: SlotSet) -> Steps[None]:
     """``kvm_swap_active_memslots()`` (modern) / ``install_new_memslots()`` (2013, 2014)."""
     old_gen = state.active[as_id].generation
     era = state.era

@@ -40,7 +40,7 @@ from types import FrameType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
 from kvmmu.hostmem import HostMemory
-from kvmmu.memslots import Memslot, Memslots, MemslotState
+from kvmmu.memslots import Memslot, Memslots, MemslotState, SlotSet
 from kvmmu.mmu.context import Kvm
 from kvmmu.mmu.faults import VcpuArch, VcpuStats
 from kvmmu.mmu.invalidation import Strategy, X86Arch
@@ -119,6 +119,8 @@ class _Canon:
         if kind is Memslots:
             self.volatile = True
             return ("slots", value.as_id, value.generation, tuple(memslot_key(m) for m in value))
+        if kind is SlotSet:  # immutable: the slots an update is about to publish
+            return ("slotset", tuple(memslot_key(m) for m in value.by_gfn.values_in_order()))
         if isinstance(value, enum.Enum):
             return (kind.__name__, value.value)
         if isinstance(value, DROPPED_TYPES):

@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kvmmu.kvm.bindings import kvm_available
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
 
@@ -48,6 +47,7 @@ def command(out_text: str | None, quick: bool, runs: int | None) -> None:
     0 to 32k live shadow PTEs (zap-all quirk on and off) on /dev/kvm; print medians, the
     model's prediction next to the measured delete curve, and write a cost profile."""
     from kvmmu.kvm import calibrate as kc
+    from kvmmu.kvm.bindings import kvm_available  # ctypes and the ioctl tables: only when used
     from kvmmu.sim.costs import CostError, default_costs, parse_costs
 
     out: Path | None = None

@@ -15,7 +15,6 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
-from kvmmu.kvm.bindings import kvm_available
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file, probe_writable
 
 #: First line of every scenario ``--save-failing`` writes: how a later run knows the file is ours.
@@ -29,6 +28,8 @@ class InputError(click.ClickException):
 
 
 def _need_kvm() -> None:
+    from kvmmu.kvm.bindings import kvm_available  # ctypes and the ioctl tables: only when used
+
     reason = kvm_available()
     if reason is not None:
         raise InputError(f"the real KVM is needed: {reason}")

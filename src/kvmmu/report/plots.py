@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from kvmmu.sim.results import RunResult, Sweep
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Stable colours per strategy name (tab10 order); unknown names get the remaining colours.
 _PALETTE = (
@@ -43,6 +45,13 @@ def colour(strategy: str) -> str:
     return _PALETTE[6 + sum(map(ord, base)) % 4]
 
 
+def _figure(width: float, height: float) -> Figure:
+    """A new figure; matplotlib is imported here, on first use (0.4 s that `--help` must not pay)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110, format="png")
     return path
@@ -50,7 +59,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def plot_update_latency(run: RunResult, path: Path) -> Path:
     """Memslot update latency per strategy: one box per strategy, means marked (µs)."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     names = [r.strategy for r in run.strategies]
     data = [[v / 1e3 for v in r.latencies] or [0.0] for r in run.strategies]
@@ -69,7 +78,7 @@ def plot_update_latency(run: RunResult, path: Path) -> Path:
 
 def plot_lock_and_faults(run: RunResult, path: Path) -> Path:
     """``mmu_lock`` hold (share of each time bin) and slow-path faults per bin, over time."""
-    fig = Figure(figsize=(9, 6), layout="constrained")
+    fig = _figure(9, 6)
     top, bottom = fig.subplots(2, 1, sharex=True)
     for r in run.strategies:
         s = r.series
@@ -95,7 +104,7 @@ def plot_lock_and_faults(run: RunResult, path: Path) -> Path:
 
 def plot_stall_cdf(run: RunResult, path: Path) -> Path:
     """Cumulative distribution of per-access vCPU stall (trapped accesses only), log x."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     for r in run.strategies:
         samples = sorted(r.stall_samples)
@@ -133,7 +142,7 @@ def plot_sweep(
 
     ``published`` draws horizontal reference lines, labelled (e.g. a figure from a paper).
     """
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     for name in sweep.strategies:
         xs, ys = sweep.series(name, key)
@@ -172,7 +181,7 @@ def plot_grouped_bars(
     published: Sequence[tuple[str, float]] = (),
 ) -> Path:
     """One group of bars per strategy (``data[strategy][key]``), one bar per ``(key, label)``."""
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    fig = _figure(9, 4.5)
     ax = fig.add_subplot()
     names = list(data)
     width = 0.8 / max(1, len(keys))

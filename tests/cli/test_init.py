@@ -1,0 +1,35 @@
+"""The ``kvmmu`` group: help and short commands do not import the heavy optional packages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+#: What ``kvmmu --help`` must not import: plotting, the dask cluster, the /dev/kvm bindings.
+HEAVY = ("matplotlib", "dask", "kvmmu.kvm")
+
+PROBE = """
+import sys
+from kvmmu.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.startswith({heavy!r}))
+print("HEAVY:", heavy, file=sys.stderr)
+"""
+
+
+def modules_imported_by(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *args],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return proc.stderr.rsplit("HEAVY:", 1)[1].strip()
+
+
+def test_help_imports_neither_matplotlib_nor_dask_nor_the_kvm_bindings() -> None:
+    assert modules_imported_by("--help") == "[]"
+
+
+def test_a_subcommands_help_imports_none_of_them_either() -> None:
+    for command in ("run", "plot", "diff", "calibrate", "check"):
+        assert modules_imported_by(command, "--help") == "[]", command

@@ -29,3 +29,19 @@ def test_the_steppable_access_gives_the_same_answer_as_the_plain_one() -> None:
     a = plain.create_vcpu().access(0x2000, size=1)
     b = run_to_completion(stepped.create_vcpu().access_steps(0x2000, size=1))
     assert a == b and a.value == 7
+
+
+@pytest.mark.parametrize(
+    ("size", "value"), [(1, 0x1234), (1, 256), (2, 0x10000), (4, 1 << 32), (8, 1 << 64), (4, -1)]
+)
+def test_a_write_whose_value_does_not_fit_the_access_size_is_refused(size: int, value: int) -> None:
+    vm = VM("generation")
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    vcpu = vm.create_vcpu()
+    with pytest.raises(ValueError, match=f"does not fit in a {size}-byte access"):
+        vcpu.access(0x10, write=True, size=size, value=value)
+    with pytest.raises(ValueError, match="does not fit"):
+        vcpu.access_steps(0x10, write=True, size=size, value=value)
+    top = (1 << (8 * size)) - 1  # the largest value that fits is written and read back
+    vcpu.access(0x10, write=True, size=size, value=top)
+    assert vcpu.access(0x10, size=size).value == top

@@ -138,3 +138,34 @@ def test_the_state_digest_names_pages_by_content_not_by_address() -> None:
     assert a.state_key() == b.state_key()
     a.vcpus[0].access(0x1000, write=True, value=1)
     assert a.state_key() != b.state_key()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "needle"),
+    [
+        ({"strategy": None}, TypeError, "strategy must be a strategy name"),
+        ({"strategy": 3}, TypeError, "strategy must be a strategy name"),
+        ({"strategy": "nope"}, ValueError, "unknown strategy 'nope'"),
+        ({"start_near_wrap": -1}, ValueError, "an int >= 0, not -1"),
+        ({"start_near_wrap": 1.5}, TypeError, "start_near_wrap must be None, a bool or an int"),
+        ({"nr_memslots": -5}, ValueError, "nr_memslots must be 1..32764"),
+        ({"nr_memslots": 0}, ValueError, "nr_memslots must be 1..32764"),
+        ({"nr_memslots": 40000}, ValueError, "nr_memslots must be 1..32764"),
+        ({"address_spaces": 3}, ValueError, "address_spaces must be 1, or 2"),
+        ({"address_spaces": True}, TypeError, "address_spaces must be an int"),
+        ({"phys_bits": "52"}, TypeError, "phys_bits must be an int"),
+        ({"maxphyaddr": 99}, ValueError, "maxphyaddr must be 32..52"),
+        ({"slot_zap": "some"}, ValueError, "slot_zap must be one of"),
+        ({"mmu": "npt"}, ValueError, "mmu must be one of"),
+    ],
+)
+def test_nonsensical_constructor_arguments_raise_a_clear_exception(
+    kwargs: dict[str, object], error: type[Exception], needle: str
+) -> None:
+    with pytest.raises(error, match=needle):
+        VM(**kwargs)  # type: ignore[arg-type]
+
+
+def test_start_near_wrap_zero_and_true_are_accepted() -> None:
+    assert VM(start_near_wrap=0).generation == VM(start_near_wrap=False).generation
+    assert VM(start_near_wrap=True).generation != VM(start_near_wrap=False).generation

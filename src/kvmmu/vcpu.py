@@ -52,27 +52,32 @@ class Vcpu:
             self.arch.psc_page = None
             self.arch.mmio_gfn = 0
 
-    def _check(self, gpa: int, size: int) -> None:
+    def _check(self, gpa: int, size: int, value: int = 0) -> None:
         if size not in ACCESS_SIZES:
-            raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size}")
+            raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size!r}")
+        if not isinstance(gpa, int) or not isinstance(value, int):
+            raise TypeError(f"gpa and value must be integers, not {gpa!r} and {value!r}")
         if not 0 <= gpa < self._gpa_limit:
             raise ValueError(f"gpa {gpa:#x} is beyond the {self.vm.kvm.phys_bits}-bit "
                              "guest physical address width")
         if (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE:
             raise ValueError(f"access at gpa {gpa:#x} of {size} bytes crosses a page")
+        if not 0 <= value < 1 << (8 * size):
+            raise ValueError(f"value {value:#x} does not fit in a {size}-byte access "
+                             f"(0..{(1 << (8 * size)) - 1:#x})")
 
     def access_steps(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
                      emulated: bool = False) -> Steps[Outcome]:
         """The access as a protocol generator: yields a Step before each shared access."""
-        self._check(gpa, size)
+        self._check(gpa, size, value)
         return access(self.vm.kvm, self.arch, gpa, write, size, value, emulated)
 
     def access(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
                emulated: bool = False) -> Outcome:
         """Perform one guest access and return what the guest observed and how."""
         if size not in ACCESS_SIZES or not 0 <= gpa < self._gpa_limit \
-                or (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE:
-            self._check(gpa, size)  # raises, saying which
+                or (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE or value >> (8 * size) or value < 0:
+            self._check(gpa, size, value)  # raises, saying which
         arch = self.arch
         # The plain run: drive the protocol with a bare loop (see run_to_completion) and read
         # the result where the access left it, as a VMM reads kvm_run after KVM_RUN.

@@ -40,6 +40,31 @@ MMU_KINDS: Final = ("ept", "shadow")
 WRAP_HEADROOM: Final = 150
 
 
+def _check_arguments(strategy: object, address_spaces: object, phys_bits: object,
+                     maxphyaddr: object, start_near_wrap: object, nr_memslots: object) -> None:
+    """The constructor's public boundary: a clear exception for each nonsensical argument."""
+    if not isinstance(strategy, str | Strategy):
+        raise TypeError(f"strategy must be a strategy name (str) or a Strategy, not {strategy!r}")
+    for name, value in (("address_spaces", address_spaces), ("phys_bits", phys_bits),
+                        ("maxphyaddr", maxphyaddr), ("nr_memslots", nr_memslots)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {value!r}")
+    if address_spaces not in (1, 2):
+        raise ValueError(f"address_spaces must be 1, or 2 with SMM, not {address_spaces}")
+    if not isinstance(maxphyaddr, int) or not 32 <= maxphyaddr <= 52:
+        raise ValueError(f"maxphyaddr must be 32..52, not {maxphyaddr}")
+    if not isinstance(nr_memslots, int) or not 1 <= nr_memslots <= KVM_USER_MEM_SLOTS:
+        raise ValueError(f"nr_memslots must be 1..{KVM_USER_MEM_SLOTS} (KVM_USER_MEM_SLOTS), "
+                         f"not {nr_memslots}")
+    if start_near_wrap is not None and not isinstance(start_near_wrap, bool):
+        if not isinstance(start_near_wrap, int):
+            raise TypeError("start_near_wrap must be None, a bool or an int, "
+                            f"not {start_near_wrap!r}")
+        if start_near_wrap < 0:
+            raise ValueError("start_near_wrap is how far below the wrap the generation starts: "
+                             f"an int >= 0, not {start_near_wrap}")
+
+
 class VMM:
     """The VMM thread's identity as a lock owner (it issues memslot updates)."""
 
@@ -69,6 +94,8 @@ class VM:
                  start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
                  mmio_caching: bool = True, nr_memslots: int = KVM_USER_MEM_SLOTS,
                  trace: bool | Tracer = False) -> None:
+        _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
+                         nr_memslots)
         self.strategy = resolve_strategy(strategy)
         layout_name = layout or self.strategy.layout
         if layout_name not in LAYOUTS:

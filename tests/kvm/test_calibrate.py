@@ -7,14 +7,13 @@ import pytest
 from kvmmu.kvm import calibrate as kc
 from kvmmu.sim.costs import default_costs, parse_costs
 
-pytestmark = pytest.mark.kvm
-
 
 @pytest.fixture(scope="module")
 def cal() -> kc.Calibration:
     return kc.calibrate(quick=True, runs=3)
 
 
+@pytest.mark.kvm
 def test_measurements_are_plausible(cal: kc.Calibration) -> None:
     assert len(cal.first_touch.samples) == 3
     # Per 4 KiB page: well above a mapped access, far below a millisecond.
@@ -29,6 +28,7 @@ def test_measurements_are_plausible(cal: kc.Calibration) -> None:
         assert p.pages_4k >= p.live_ptes  # KVM's own count covers the touched pages
 
 
+@pytest.mark.kvm
 def test_zap_all_quirk_zaps_every_shadow_page_on_delete_and_move(cal: kc.Calibration) -> None:
     # Timings are noisy on a shared machine; what each operation *zapped* is not.
     top = max(kc.QUICK_PTES)
@@ -38,6 +38,7 @@ def test_zap_all_quirk_zaps_every_shadow_page_on_delete_and_move(cal: kc.Calibra
     assert cal.point("create", True, top).zapped == 0
 
 
+@pytest.mark.kvm
 def test_profile_loads_in_the_simulation(cal: kc.Calibration) -> None:
     defaults = default_costs()
     costs, how = kc.derive_costs(cal, defaults.costs)
@@ -62,3 +63,48 @@ def test_model_prediction_follows_the_quirk() -> None:
     assert off[0] == off[1]  # only the slot's own, which has none live
     create = kc.predict_memslot_op("create", 4096, True, d.step, d["memslot_ioctl_ns"])
     assert create < on[0]  # one publish, not two, and no zap
+
+
+# --- the fit's plausibility, on calibrations built by hand (no /dev/kvm needed) -------------------
+
+
+def _calibration(create0: float, delete0: float, per_pte: float, first: tuple[float, ...]) -> kc.Calibration:
+    points = []
+    for zap_all in (True, False):
+        for n in kc.QUICK_PTES:
+            for op, base in (("create", create0), ("move", delete0), ("delete", delete0)):
+                slope = per_pte if zap_all and op != "create" else 0.0
+                t = base + slope * n
+                points.append(kc.MemslotPoint(op, zap_all, n, n, (t, t * 1.01, t * 0.99)))
+    return kc.Calibration(
+        kc.Figure("first_touch_fault", first),
+        len(first),
+        kc.Figure("mmio_exit_round_trip", (36_000.0, 37_000.0, 35_000.0)),
+        kc.Figure("exit_to_userspace", (1_400.0, 1_500.0, 1_300.0)),
+        tuple(points),
+        3,
+        "test",
+    )
+
+
+def test_a_calibration_like_the_design_notes_fits_without_problems() -> None:
+    fit = kc.fit_costs(_calibration(14_000, 19_000, 46, (800.0, 820.0, 780.0)), default_costs().costs)
+    assert fit.problems == ()
+    assert fit.raw["zap_slope"] == pytest.approx(46, rel=0.05)
+    assert fit.raw["publish_and_grace"] == pytest.approx(5_000, rel=0.05)
+    assert fit.spread["first_touch_fault"] == 20.0
+
+
+def test_a_loaded_hosts_negative_and_absurd_fits_are_problems() -> None:
+    # The loaded host: delete slower than anything at 0 PTEs, a falling slope, a noisy fault.
+    cal = _calibration(14_000, 3_200_000, -20, (800.0, 5_000.0, 37_000.0))
+    fit = kc.fit_costs(cal, default_costs().costs)
+    text = " | ".join(fit.problems)
+    assert "publish_and_grace" in text and "zap_slope = -20" in text and "first_touch_fault: spread" in text
+    # The clamped profile would have looked harmless: that is why the raw values are checked.
+    assert fit.costs["spte_zapped_ns"] == 1
+
+
+def test_mad_ignores_one_outlier() -> None:
+    assert kc.mad([10.0, 11.0, 9.0, 10.0, 1000.0]) == 1.0
+    assert kc.Figure("x", (5.0,)).spread == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,32 @@ def test_divergence_exits_1_and_saves_the_scenario(tmp_path: Path) -> None:
     # The saved file replays the divergence, and agrees under the correct strategy.
     assert _run([str(saved[0]), "--strategy", "generation+cache-without-gen"])[0] == 1
     assert _run([str(saved[0])])[0] == 0
+
+
+def test_json_in_every_mode(tmp_path: Path) -> None:
+    p = tmp_path / "ok.toml"
+    p.write_text(
+        '[[memory]]\nname = "a"\npages = 1\n'
+        '[[step]]\nop = "set"\nslot = 0\ngpa = 0x10000\nsize = 0x1000\nmemory = "a"\n'
+        '[[step]]\nop = "read"\ngpa = 0x10008\nsize = 8\n'
+    )
+    code, out, _ = _run([str(p), "--json"])
+    data = json.loads(out)
+    assert code == 0 and data["agree"] and len(data["real"]) == len(data["model"]) == 3
+    code, out, _ = _run(["--random", "3", "--seed", "3", "--json"])
+    data = json.loads(out)
+    assert code == 0 and data["scenarios"] == data["agree"] == 3 and data["failures"] == []
+    code, out, _ = _run(["--errno", "50", "--json"])
+    data = json.loads(out)
+    assert code == 0 and data["requests"] == 50 and sum(data["by_result"].values()) == 50
+    code, out, _ = _run(
+        ["--random", "12", "--strategy", "generation+cache-without-gen", "--json",
+         "--save-failing", str(tmp_path / "f")]
+    )
+    data = json.loads(out)
+    assert code == 1 and data["failing_seeds"]
+    assert data["failures"][0]["divergence"] is not None
+    assert sorted(int(f.stem.split("-")[1]) for f in (tmp_path / "f").iterdir()) == data["failing_seeds"]
+    # A second run may replace what the first saved (kvmmu's own files), never anything else.
+    assert _run(["--random", "12", "--strategy", "generation+cache-without-gen",
+                 "--save-failing", str(tmp_path / "f")])[0] == 1

@@ -62,7 +62,10 @@ def test_partial_profile_keeps_defaults_and_round_trips(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ("[costs]\nspte_zaped_ns = 1\n", "costs.spte_zaped_ns: unknown cost name; allowed: "),
-        ("[costs]\nemulate_ns = -1\n", "costs.emulate_ns: must be an integer number of ns >= 0"),
+        ("[costs]\nemulate_ns = -1\n", "costs.emulate_ns: must be an integer number of ns from 0 to"),
+        ("[costs]\nemulate_ns = 100000000000000000000000\n", "one second) (got 100000000000000000000000)"),
+        ("[costs]\nemulate_ns = 1000000001\n", "costs.emulate_ns: must be an integer number of ns from 0"),
+        ("[costs]\nemulate_ns = inf\n", "costs.emulate_ns: must be an integer"),
         ("[costs]\nemulate_ns = 1.5\n", "costs.emulate_ns: must be an integer"),
         ("[costs]\nemulate_ns = true\n", "costs.emulate_ns: must be an integer"),
         ("[costs]\n[extra]\n", "extra: unknown table; allowed: [costs], [source]"),

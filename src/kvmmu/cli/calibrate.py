@@ -1,22 +1,37 @@
 """``kvmmu calibrate``: measure the real KVM, write a cost profile, show the model's prediction.
 
-Argument parsing and printing only; measurements are :mod:`kvmmu.kvm.calibrate`, the profile
-format is :mod:`kvmmu.sim.costs` (the written file is loaded back with it before the command
-reports success).  Exit status 2 with one line for bad input or a host without /dev/kvm.
+Argument parsing and printing only; measurements and the plausibility of the fit are
+:mod:`kvmmu.kvm.calibrate`, the profile format is :mod:`kvmmu.sim.costs` (the profile is loaded
+back with it before it is written). Every figure is printed as median ± MAD over the runs. Exit
+status: 0 profile written (or printed), 1 the fit is implausible and nothing was written (unless
+``--force``), 2 bad input or a host without /dev/kvm (one line). The destination is checked before
+the minutes of measuring.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
+
+if TYPE_CHECKING:  # the measuring module loads ctypes bindings: imported when a run starts
+    from kvmmu.kvm.calibrate import Calibration, Figure, Fit, MemslotPoint
 
 
 class InputError(click.ClickException):
@@ -25,8 +40,17 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
+#: Exit status when the fit is implausible and no profile was written.
+EXIT_IMPLAUSIBLE = 1
+
+
 def _us(ns: float) -> str:
     return f"{ns / 1000:,.1f}"
+
+
+def _pm(median: float, spread: float) -> str:
+    """``median ± MAD`` in µs."""
+    return f"{median / 1000:,.1f} ± {spread / 1000:,.1f}"
 
 
 @click.command("calibrate")
@@ -40,12 +64,34 @@ def _us(ns: float) -> str:
 @click.option(
     "--runs",
     type=click.IntRange(min=1, max=100),
-    help="Runs per figure (default 7; 3 with --quick).",
+    help="Runs per figure (default 7; 3 with --quick). Medians and spreads are over the runs.",
 )
-def command(out_text: str | None, quick: bool, runs: int | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write the profile even if a fitted cost is negative, outside its plausible range or "
+    "too noisy (the problems are still printed).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print every measurement (samples, median, MAD), the fitted costs and the problems as "
+    "JSON on stdout instead of tables.",
+)
+def command(
+    out_text: str | None, quick: bool, runs: int | None, force: bool, as_json: bool
+) -> None:
     """Measure first-touch faults, MMIO exits, exits to userspace and memslot operations with
-    0 to 32k live shadow PTEs (zap-all quirk on and off) on /dev/kvm; print medians, the
-    model's prediction next to the measured delete curve, and write a cost profile."""
+    0 to 32k live shadow PTEs (zap-all quirk on and off) on /dev/kvm; print each figure as
+    median ± MAD (median absolute deviation over --runs runs), the model's prediction next to
+    the measured curve, and write a cost profile.
+
+    Every fitted cost is checked against a plausible range stated in kvmmu.kvm.calibrate.BOUNDS
+    (a loaded host can make delete look faster than create): an implausible or too noisy fit is
+    reported and nothing is written (exit 1) unless --force. A full run takes a few minutes,
+    --quick a few seconds.
+    """
     from kvmmu.kvm import calibrate as kc
     from kvmmu.kvm.bindings import kvm_available  # ctypes and the ioctl tables: only when used
     from kvmmu.sim.costs import CostError, default_costs, parse_costs
@@ -59,14 +105,17 @@ def command(out_text: str | None, quick: bool, runs: int | None) -> None:
     reason = kvm_available()
     if reason is not None:
         raise InputError(f"the real KVM is needed: {reason}")
-    console = Console(soft_wrap=True)
+    err = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
-        console=console,
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
         transient=True,
+        disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("calibrating", total=kc.work_units(quick, runs))
 
@@ -75,8 +124,47 @@ def command(out_text: str | None, quick: bool, runs: int | None) -> None:
 
         cal = kc.calibrate(quick=quick, runs=runs, progress=advance)
 
-    table = Table(title=f"Measured on this machine's /dev/kvm (medians of {cal.runs} runs)")
-    for col in ("what", "median µs", "runs (µs)"):
+    defaults = default_costs()
+    fit = kc.fit_costs(cal, defaults.costs)
+    costs = fit.costs
+    source = {
+        "profile": f"kvmmu calibrate{' --quick' if quick else ''} on {platform.node()}",
+        "kernel": cal.kernel,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "runs": str(cal.runs),
+        "unmeasured": "names not listed in [costs] keep kvmmu's default profile",
+        **fit.how,
+    }
+    if fit.problems:
+        source["forced"] = "written with --force despite: " + "; ".join(fit.problems)
+    text = kc.profile_toml(costs, source)
+    try:
+        profile = parse_costs(text, str(out) if out else "<calibrated>")
+    except CostError as exc:  # the format is the simulation's: refuse to write what it rejects
+        raise click.ClickException(f"calibrated profile does not load: {exc}") from None
+    write = out is not None and (not fit.problems or force)
+    if write:
+        assert out is not None
+        atomic_write_text(out, text)
+
+    lives = sorted({p.live_ptes for p in cal.memslot})
+
+    def predict(op: str, n: int, zap_all: bool) -> int:
+        return kc.predict_memslot_op(
+            op, n, zap_all, profile.step, profile["memslot_ioctl_ns"], profile["spte_zapped_ns"]
+        )
+
+    if as_json:
+        click.echo(json.dumps(_json(cal, fit, predict, out if write else None), indent=1))
+        if fit.problems and not force:
+            raise SystemExit(EXIT_IMPLAUSIBLE)
+        return
+
+    console = Console(soft_wrap=True)
+    table = Table(
+        title=f"Measured on this machine's /dev/kvm (median ± MAD of {cal.runs} runs, µs)"
+    )
+    for col in ("what", "median ± MAD µs", "runs (µs)"):
         table.add_column(col, justify="right" if col != "what" else "left")
     for fig, label in (
         (
@@ -86,27 +174,10 @@ def command(out_text: str | None, quick: bool, runs: int | None) -> None:
         (cal.mmio_round_trip, "MMIO exit round trip (Python VMM)"),
         (cal.exit_to_userspace, "exit to userspace (KVM_RUN, immediate_exit)"),
     ):
-        table.add_row(label, _us(fig.median), " ".join(_us(s) for s in fig.samples))
+        table.add_row(label, _pm(fig.median, fig.spread), " ".join(_us(s) for s in fig.samples))
     console.print(table)
 
-    defaults = default_costs()
-    costs, how = kc.derive_costs(cal, defaults.costs)
-    source = {
-        "profile": f"kvmmu calibrate{' --quick' if quick else ''} on {platform.node()}",
-        "kernel": cal.kernel,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "runs": str(cal.runs),
-        "unmeasured": "names not listed in [costs] keep kvmmu's default profile",
-        **how,
-    }
-    text = kc.profile_toml(costs, source)
-    try:
-        profile = parse_costs(text, str(out) if out else "<calibrated>")
-    except CostError as exc:  # the format is the simulation's: refuse to write what it rejects
-        raise click.ClickException(f"calibrated profile does not load: {exc}") from None
-
-    lives = sorted({p.live_ptes for p in cal.memslot})
-    curve = Table(title="memslot operations against live shadow PTEs: measured vs model (µs)")
+    curve = Table(title="memslot operations against live shadow PTEs: measured (median ± MAD) vs model, µs")
     curve.add_column("op")
     curve.add_column("live PTEs", justify="right")
     curve.add_column("pages_4k", justify="right")
@@ -117,25 +188,67 @@ def command(out_text: str | None, quick: bool, runs: int | None) -> None:
         for n in lives:
             row = [op, f"{n:,}", f"{cal.point(op, True, n).pages_4k:,}"]
             for zap_all in (True, False):
-                pred = kc.predict_memslot_op(
-                    op,
-                    n,
-                    zap_all,
-                    profile.step,
-                    profile["memslot_ioctl_ns"],
-                    profile["spte_zapped_ns"],
-                )
-                row += [_us(cal.point(op, zap_all, n).median), _us(pred)]
+                pt = cal.point(op, zap_all, n)
+                row += [_pm(pt.median, pt.spread), _us(predict(op, n, zap_all))]
             curve.add_row(*row)
     console.print(curve)
     console.print(
-        f"delete with the zap-all quirk: {kc.zap_slope(cal):.1f} ns per live PTE measured",
+        f"delete with the zap-all quirk: {fit.raw['zap_slope']:.1f} ± "
+        f"{fit.spread['zap_slope']:.1f} ns per live PTE measured (slope ± MAD of per-run slopes)",
         highlight=False,
     )
+    for problem in fit.problems:
+        console.print(f"[red]implausible:[/red] {problem}", highlight=False)
+    if fit.problems and not force:
+        what = f"{out} not written" if out is not None else "profile not printed"
+        click.echo(
+            f"kvmmu: calibration looks implausible ({len(fit.problems)} problem"
+            f"{'s' if len(fit.problems) != 1 else ''}); {what}. Measure on an idle host, raise "
+            "--runs, or pass --force.",
+            err=True,
+        )
+        raise SystemExit(EXIT_IMPLAUSIBLE)
     if out is not None:
-        atomic_write_text(out, text)
         console.print(
             f"cost profile written to {out} ({len(costs)} measured costs)", highlight=False
         )
     else:
         console.print(text, highlight=False, markup=False)
+
+
+def _json(
+    cal: Calibration,
+    fit: Fit,
+    predict: Callable[[str, int, bool], int],
+    written: Path | None,
+) -> dict[str, Any]:
+    def fig(f: Figure | MemslotPoint) -> dict[str, Any]:
+        return {"median_ns": f.median, "mad_ns": f.spread, "samples_ns": list(f.samples)}
+
+    return {
+        "kernel": cal.kernel,
+        "runs": cal.runs,
+        "first_touch_fault": fig(cal.first_touch) | {"pf_taken": cal.first_touch_pf_taken},
+        "mmio_exit_round_trip": fig(cal.mmio_round_trip),
+        "exit_to_userspace": fig(cal.exit_to_userspace),
+        "memslot": [
+            {
+                "op": p.op,
+                "zap_all": p.zap_all,
+                "live_ptes": p.live_ptes,
+                "pages_4k": p.pages_4k,
+                "zapped": p.zapped,
+                **fig(p),
+                "model_ns": predict(p.op, p.live_ptes, p.zap_all),
+            }
+            for p in cal.memslot
+        ],
+        "fit": {
+            "raw_ns": fit.raw,
+            "mad_ns": fit.spread,
+            "costs_ns": fit.costs,
+            "how": fit.how,
+            "problems": list(fit.problems),
+        },
+        "profile_written": str(written) if written is not None else None,
+    }

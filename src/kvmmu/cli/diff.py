@@ -6,16 +6,28 @@ Argument parsing and printing only; the work is :mod:`kvmmu.kvm.diff` and
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file, probe_writable
+
+if TYPE_CHECKING:  # the diff module loads ctypes bindings: imported when a comparison starts
+    from kvmmu.kvm.diff import DiffResult, Observation
 
 #: First line of every scenario ``--save-failing`` writes: how a later run knows the file is ours.
 SAVED_HEADER = "# Saved by `kvmmu diff --random --save-failing`"
@@ -69,6 +81,13 @@ def _need_kvm() -> None:
     show_default=True,
     help="Agreeing steps shown before a divergence.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON on stdout (every observation of both sides for SCENARIO; "
+    "the counts and each divergence for --random and --errno). Exit status as without it.",
+)
 def command(
     scenario: Path | None,
     n_random: int | None,
@@ -78,6 +97,7 @@ def command(
     timeout: float,
     save_failing: str | None,
     context: int,
+    as_json: bool,
 ) -> None:
     """Run SCENARIO (TOML) on the model and on /dev/kvm and compare what the guest observes.
 
@@ -116,18 +136,37 @@ def command(
             res = kdiff.run_diff(scn, strategy=strategy, timeout=timeout, path=str(scenario))
         except ScenarioError as exc:
             raise InputError(str(exc)) from None
-        console.print(res.report(context), highlight=False)
+        if as_json:
+            click.echo(json.dumps({"mode": "scenario", "path": str(scenario), **_result_json(res)}, indent=1))
+        else:
+            console.print(res.report(context), highlight=False)
         raise SystemExit(0 if res.agree else 1)
 
     _need_kvm()
     if n_errno is not None:
         from kvmmu.kvm.errno_check import run_errno_agreement
 
-        with Progress(console=console, transient=True) as progress:
+        with _progress() as progress:
             task = progress.add_task("memslot requests", total=n_errno)
             summary = run_errno_agreement(
                 n_errno, seed, on_progress=lambda d: progress.update(task, completed=d)
             )
+        if as_json:
+            data = {
+                "mode": "errno",
+                "seed": seed,
+                "requests": summary.requests,
+                "agree": summary.agree,
+                "by_result": summary.by_result,
+                "by_kind": summary.by_kind,
+                "phys_bits": summary.phys_bits,
+                "mismatches": [
+                    {"index": m.index, "request": m.request.describe(), "real": m.real, "model": m.model}
+                    for m in summary.mismatches
+                ],
+            }
+            click.echo(json.dumps(data, indent=1))
+            raise SystemExit(0 if summary.agree else 1)
         results = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_result.items()))
         console.print(
             f"errno agreement: {summary.requests - len(summary.mismatches)}/{summary.requests} "
@@ -144,23 +183,39 @@ def command(
 
     assert n_random is not None
     failing: list[int] = []
-    with Progress(console=console, transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task("random scenarios", total=n_random)
 
         def on_result(s: int, res: kdiff.DiffResult) -> None:
             progress.advance(task)
             if not res.agree:
                 failing.append(s)
-                progress.console.print(res.report(context), highlight=False)
+                if not as_json:
+                    console.print(res.report(context), highlight=False)
                 if save_dir is not None:
                     out = save_dir / f"random-{s}.toml"
                     out.parent.mkdir(parents=True, exist_ok=True)
                     atomic_write_text(out, f"{SAVED_HEADER} (seed {s})\n{to_toml(res.scenario)}")
-                    progress.console.print(f"  saved as {out}", highlight=False)
+                    if not as_json:
+                        console.print(f"  saved as {out}", highlight=False)
 
         summary_r = kdiff.run_random(
             n_random, seed, strategy=strategy, timeout=timeout, on_result=on_result
         )
+    if as_json:
+        data = {
+            "mode": "random",
+            "seeds": [seed, seed + n_random - 1],
+            "strategy": strategy,
+            "scenarios": summary_r.scenarios,
+            "agree": summary_r.scenarios - len(summary_r.failures),
+            "multi_vcpu": summary_r.multi_vcpu,
+            "observations": summary_r.observations,
+            "failing_seeds": failing,
+            "failures": [_result_json(f) for f in summary_r.failures],
+        }
+        click.echo(json.dumps(data, indent=1))
+        raise SystemExit(0 if not summary_r.failures else 1)
     console.print(
         f"{summary_r.scenarios - len(summary_r.failures)}/{summary_r.scenarios} random scenarios "
         f"agree (seeds {seed}..{seed + n_random - 1}, {summary_r.multi_vcpu} with 2 vCPUs, "
@@ -192,3 +247,34 @@ def _check_save_failing(folder: str, seed: int, n: int) -> Path:
     except OutputError as exc:
         raise InputError(str(exc)) from None
     return base
+
+
+def _progress() -> Progress:
+    """A progress bar with an ETA on stderr when it is a terminal; nothing on a pipe."""
+    err = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _result_json(res: DiffResult) -> dict[str, Any]:
+    def obs(o: Observation) -> dict[str, str]:
+        return {"label": o.label, "request": o.request, "result": o.result}
+
+    return {
+        "scenario": res.scenario.scenario.name,
+        "agree": res.agree,
+        "divergence": res.divergence,
+        "oracle_violations": res.oracle_violations,
+        "phys_bits": res.phys_bits,
+        "real": [obs(o) for o in res.real],
+        "model": [obs(o) for o in res.model],
+    }

@@ -73,6 +73,11 @@ from pydantic import (
 from kvmmu.mmu.steps import Step
 from kvmmu.tomlfile import field_path, parse_toml
 
+#: The largest cost a profile may give one name: one second. Nothing a single step of KVM does takes
+#: that long (the slowest measured here, a memslot delete with 32k live PTEs, is ~1.6 ms), and a
+#: simulated run of many steps must stay well inside the engine's integer clock.
+MAX_COST_NS = 1_000_000_000
+
 #: Entries per shadow page: a walk of one page reads this many SPTEs.
 SPTES_PER_PAGE = 512
 
@@ -210,7 +215,7 @@ def _toml_str(value: str) -> str:
 _CostsTable = create_model(  # type: ignore[call-overload]
     "CostsTable",
     __config__=ConfigDict(extra="forbid"),
-    **{name: (StrictInt | None, Field(default=None, ge=0)) for name in COST_NAMES},
+    **{name: (StrictInt | None, Field(default=None, ge=0, le=MAX_COST_NS)) for name in COST_NAMES},
 )
 
 
@@ -233,7 +238,10 @@ def _describe(err: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{loc}: unknown table; allowed: [costs], [source]"
     if loc.startswith("costs."):
-        return f"{loc}: must be an integer number of ns >= 0 (got {err.get('input')!r})"
+        return (
+            f"{loc}: must be an integer number of ns from 0 to {MAX_COST_NS:_} (one second) "
+            f"(got {err.get('input')!r})"
+        )
     if loc.startswith("source."):
         return f"{loc}: must be a string (got {err.get('input')!r})"
     if kind == "missing":

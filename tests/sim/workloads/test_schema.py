@@ -53,6 +53,24 @@ def test_units_are_parsed() -> None:
             "vmm[0].bogus: unknown field; allowed: op",
         ),
         ("[vcpu]\nmmio_fraction = 0.5\n", "vcpu.mmio_fraction: > 0 needs [[devices]]"),
+        # Semantics, not just types (issue 11): each names the field and what is allowed.
+        ("[vcpu]\nworking_set = 0\n", "vcpu.working_set: must be at least one page, guest.page_size = 4096"),
+        ('[guest]\npage_size = "2MiB"\n[vcpu]\nworking_set = "1MiB"\n', "(got 1048576)"),
+        ("[vcpu]\nactive = 5\n", "vcpu.active: must be between 0 and guest.vcpus = 4 (got 5)"),
+        ("[vcpu]\nwrite_fraction = nan\n", "vcpu.write_fraction: Input should be a finite number"),
+        (
+            "[guest]\n[[devices]]\nname = 'd'\ngpa = '5GiB'\nsize = 4096\n",
+            "devices[0].gpa: device d [0x140000000, 0x140001000) overlaps guest RAM",
+        ),
+        (
+            "[[devices]]\nname = 'd'\ngpa = 0xfe000000\nsize = 4096\nweight = inf\n",
+            "devices[0].weight: Input should be a finite number",
+        ),
+        (
+            "[random]\nops = 3\nevery = '1us'\nslots = {first = 10, count = 2}\ngpa = '8GiB'\n"
+            "size = '2MiB'\nmix = {create = inf}\n",
+            "random.mix.create: Input should be a finite number",
+        ),
         ("[vcpu]\nwrite_fraction = 2\n", "vcpu.write_fraction: Input should be less than or equal"),
         ('[vcpu]\nthink = "5 fortnights"\n', "vcpu.think: must be a time"),
         ("[[slots]]\nid = 0\ngpa = 0\nsize = 4096\n", "slots: slot 0 overlaps"),

@@ -88,7 +88,10 @@ def parse_time(value: object) -> object:
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0, strict=True)]
 Time = Annotated[int, BeforeValidator(parse_time), Field(ge=0, strict=True)]
 Address = Annotated[int, BeforeValidator(parse_size), Field(ge=0, strict=True)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+#: A relative weight: finite (an ``inf`` weight makes every other one zero, then NaN), bounded so
+#: that sums of many stay exact enough.
+Weight = Annotated[float, Field(gt=0.0, le=1e9, allow_inf_nan=False)]
 SlotId = Annotated[int, Field(ge=0, le=MAX_SLOT_ID, strict=True)]
 Flag = Literal["dirty-log", "readonly"]
 OpName = Literal["create", "delete", "move", "remap", "dirty-log-on", "dirty-log-off"]
@@ -159,7 +162,7 @@ class DeviceSpec:
     name: str
     gpa: Address
     size: Size
-    weight: Annotated[float, Field(gt=0.0)] = 1.0
+    weight: Weight = 1.0
     write_fraction: Fraction = 0.5
     #: Emulated by an in-kernel device (no exit to userspace), like KVM's IOAPIC or ioeventfd.
     in_kernel: bool = False
@@ -255,7 +258,9 @@ class RandomSpec:
     gpa: Address
     size: Size
     at: Time = 0
-    mix: dict[OpName, Annotated[float, Field(ge=0.0)]] = Field(default_factory=_default_mix)
+    mix: dict[OpName, Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]] = Field(
+        default_factory=_default_mix
+    )
 
     def __post_init__(self) -> None:
         _check(self.every > 0, "every", "must be > 0")
@@ -307,6 +312,34 @@ class Scenario:
         devs = sorted((d.gpa, d.gpa + d.size, d.name) for d in self.devices)
         for (_, end, a), (start, _, b) in itertools.pairwise(devs):
             _check(end <= start, "devices", f"device {a} overlaps device {b}")
+        # A device is MMIO: never inside main RAM, whose slot stays for the whole run. Over a
+        # [[slots]] entry it is deliberate: a window that is RAM while that slot is mapped (a VGA
+        # bank the VMM remaps), MMIO while it is not.
+        lo, hi = self.guest.ram_base, self.guest.ram_base + self.guest.memory
+        for i, d in enumerate(self.devices):
+            _check(
+                d.gpa + d.size <= lo or hi <= d.gpa,
+                f"devices[{i}].gpa",
+                f"device {d.name} [{d.gpa:#x}, {d.gpa + d.size:#x}) overlaps guest RAM "
+                f"[{lo:#x}, {hi:#x}) (guest.ram_base + guest.memory); put it outside RAM",
+            )
+            _check(
+                d.gpa + d.size <= 1 << self.guest.phys_bits,
+                f"devices[{i}].gpa",
+                f"gpa + size must fit in guest.phys_bits = {self.guest.phys_bits}",
+            )
+        g = self.guest
+        _check(  # larger than RAM is fine: the window is RAM's (so that --memory may shrink it)
+            self.vcpu.working_set >= g.page_size,
+            "vcpu.working_set",
+            f"must be at least one page, guest.page_size = {g.page_size} (got {self.vcpu.working_set})",
+        )
+        if self.vcpu.active is not None:
+            _check(
+                self.vcpu.active <= g.vcpus,
+                "vcpu.active",
+                f"must be between 0 and guest.vcpus = {g.vcpus} (got {self.vcpu.active})",
+            )
         if self.vcpu.mmio_fraction > 0:
             _check(len(self.devices) > 0, "vcpu.mmio_fraction", "> 0 needs [[devices]]")
 

@@ -36,8 +36,13 @@ def test_quick_figures_write_pngs_and_numbers(tmp_path: Path) -> None:
         "refaults_after_create.png",
         "figures.json",
         ".kvmmu-output",
+        "index.html",
     }
     data = json.loads((out / "figures.json").read_text())
+    pngs = {p.name for p in out.glob("*.png")}
+    assert set(data["captions"]) == pngs and all(data["captions"].values())
+    page = (out / "index.html").read_text()
+    assert all(f'<img src="{name}"' in page for name in pngs)
     refaults = data["refaults"]["by_strategy"]
     assert refaults["zap-all-fast"]["refaults_ram"] == refaults["zap-all-fast"]["working_set_pages"]
     assert refaults["generation"]["refaults_ram"] == 0

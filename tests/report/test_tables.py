@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from kvmmu.report.tables import ROWS, comparison_table
-from kvmmu.sim.results import RunResult
+from kvmmu.report.tables import GLOSSARY, ROWS, comparison_table
+from kvmmu.sim.results import SUMMARY_COLUMNS, RunResult
 
 
 def test_table_has_a_column_per_strategy_and_a_row_per_measure(small_run: RunResult) -> None:
@@ -18,3 +18,10 @@ def test_table_has_a_column_per_strategy_and_a_row_per_measure(small_run: RunRes
         assert heading in text
     gen = small_run.by_strategy("generation").summary()
     assert f"{int(gen['faults']):,}" in text
+
+
+def test_glossary_defines_every_summary_column_and_table_row() -> None:
+    assert set(GLOSSARY) == set(SUMMARY_COLUMNS) - {"strategy"}
+    keys = {k for _, k, _ in ROWS if k is not None and k != "refaults_split"}
+    assert keys <= set(GLOSSARY)
+    assert all(heading and text.endswith(".") for heading, text in GLOSSARY.values())

@@ -26,8 +26,9 @@ def write_report(run: RunResult, out_dir: Path, *, plots: bool = True) -> list[P
         (tmp / "report.json").write_text(report_json(run), encoding="utf-8")
         (tmp / "summary.csv").write_text(summary_csv(run), encoding="utf-8")
         (tmp / "trace.json").write_text(trace_json(run), encoding="utf-8")
-        images = [p.name for p in plot_run(run, tmp)] if plots else []
-        page = report_html(run, images, DATA_FILES)
+        drawn = plot_run(run, tmp) if plots else []
+        images = [p.name for p in drawn]
+        page = report_html(run, [(p.name, p.caption) for p in drawn], DATA_FILES)
         (tmp / "index.html").write_text(page, encoding="utf-8")
         names = [*DATA_FILES, *images, "index.html"]
     return [out_dir / n for n in names]

@@ -60,6 +60,59 @@ ROWS: Sequence[tuple[str, str | None, Formatter | None]] = (
     ("oracle violations", "oracle_violations", _n),
 )
 
+#: What every measure means, for the report's glossary and anyone reading ``summary.csv``: one
+#: entry per summary column (``strategy`` aside). Times are simulated, integer nanoseconds in the
+#: data files; counters are KVM's own where KVM has one (named in brackets).
+GLOSSARY: Mapping[str, tuple[str, str]] = {
+    "updates": ("memslot updates", "KVM_SET_USER_MEMORY_REGION calls that changed the memslots "
+                "(refused or no-op requests are not counted here)."),
+    "update_latency_mean_ns": ("update latency", "Time from the VMM's KVM_SET_USER_MEMORY_REGION "
+                               "to its return, including waits for mmu_lock and for SRCU readers; "
+                               "mean, 99th percentile and maximum over the run's updates."),
+    "update_latency_p99_ns": ("update latency p99", "The latency 99 % of updates stay under."),
+    "update_latency_max_ns": ("update latency max", "The slowest single update."),
+    "mmu_lock_hold_ns": ("mmu_lock held", "Time mmu_lock was held, summed over all threads (vCPUs "
+                         "faulting, the VMM invalidating)."),
+    "mmu_lock_wait_ns": ("mmu_lock spin", "Time threads spun waiting for mmu_lock, summed over all "
+                         "threads: the contention an invalidation causes."),
+    "srcu_wait_ns": ("VMM wait for SRCU readers", "Time the VMM spent in synchronize_srcu waiting for "
+                     "vCPUs still using the old memslots."),
+    "vcpu_stall_ns": ("vCPU stall", "Time vCPUs spent out of the guest handling their accesses "
+                      "(faults, MMIO exits, lock spin included), summed over vCPUs."),
+    "accesses": ("guest accesses", "Guest memory accesses the vCPUs issued. The workload is "
+                 "sampled: only accesses that can matter to the MMU are simulated."),
+    "faults": ("faults", "Page faults that took KVM's slow path (pf_taken): the SPTE was missing "
+               "or stale."),
+    "refaults": ("refaults", "Slow-path faults on a gfn that had been mapped before: work redone "
+                 "because an invalidation threw the SPTE away."),
+    "refaults_ram": ("refaults of RAM", "Refaults on RAM gfns (the SPTE pointed to memory)."),
+    "refaults_mmio": ("refaults of MMIO", "Refaults on MMIO gfns (an MMIO SPTE was zapped or its "
+                      "generation went stale)."),
+    "fast_path_hits": ("fast-path hits", "MMIO accesses served by a valid MMIO SPTE without the "
+                       "slow path (handle_mmio_page_fault, mmio_fast_path)."),
+    "cache_hits": ("per-vCPU cache hits", "MMIO accesses recognised from the per-vCPU MMIO cache "
+                   "(vcpu->arch.mmio_gfn / mmio_gen)."),
+    "mmio_exits": ("MMIO exits", "Exits to the VMM to emulate an MMIO access (KVM_EXIT_MMIO)."),
+    "mmio_sptes_created": ("MMIO SPTEs created", "MMIO SPTEs installed by the slow path "
+                           "(pf_mmio_spte_created)."),
+    "mmio_sptes_zapped": ("MMIO SPTEs zapped", "MMIO SPTEs removed by an invalidation."),
+    "shadow_pages_zapped": ("shadow pages zapped", "Shadow pages freed (mmu_shadow_zapped)."),
+    "shadow_pages_walked": ("shadow pages walked", "Shadow pages an invalidation visited: walked "
+                            "looking for MMIO SPTEs, or zapped."),
+    "sptes_walked": ("SPTEs walked", "SPTEs an invalidation walk examined one by one."),
+    "lock_work": ("work under mmu_lock", "Units of work done holding mmu_lock: acquisitions, plus "
+                  "pages and SPTEs zapped, walked or write-protected."),
+    "generation_wraps": ("generation wraps", "Times the MMIO generation wrapped around; each wrap "
+                         "zaps every MMIO SPTE so that an old generation cannot match again."),
+    "vmm_errors": ("VMM requests refused", "Memslot requests the model refused with an errno "
+                   "(EINVAL, EEXIST...); a realistic scenario has none."),
+    "oracle_violations": ("oracle violations", "Accesses whose outcome differs from what the "
+                          "memslots say (a stale MMIO SPTE used, RAM treated as MMIO...). A correct "
+                          "strategy has none."),
+    "sim_time_ns": ("simulated time", "The run's length in simulated time."),
+    "wall_s": ("wall time", "Seconds the host took to simulate the run (not a property of KVM)."),
+}
+
 #: The flat columns of the HTML table (heading, key, formatter): the rows above that have a key.
 COLUMNS: Sequence[tuple[str, str, Formatter]] = tuple(
     (h, k, f) for h, k, f in ROWS if k is not None and f is not None

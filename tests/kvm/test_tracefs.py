@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -131,3 +132,42 @@ def test_a_mounted_tracefs_and_foreign_settings_are_left_alone() -> None:
     finally:
         if pre is None:
             assert tracefs._libc.umount2(b"/sys/kernel/tracing", 0) == 0
+
+
+@pytest.mark.kvm
+def test_a_recording_on_the_mono_clock_shares_time_monotonic_and_an_unknown_clock_is_refused() -> None:
+    ours = f"kvmmu-{os.getpid()}-"
+    with tracefs.TraceRecorder(events=("kvmmmu/kvm_mmu_zap_all_fast",), clock="mono") as rec:
+        inst = next(p for p in (tracefs.find_mount() or tracefs.TRACEFS).glob(f"instances/{ours}*"))
+        assert "[mono]" in (inst / "trace_clock").read_text()
+        assert rec.lost_events() == 0
+    recorder = tracefs.TraceRecorder(clock="no-such-clock")
+    with pytest.raises(tracefs.TracefsError, match="trace clock 'no-such-clock'"), recorder:
+        pass
+    assert not any(name.startswith(ours) for name in tracefs.snapshot().instances)
+
+
+@pytest.mark.kvm
+def test_a_task_started_by_a_recorded_process_stays_recorded_after_it_exits() -> None:
+    # The kernel drops an exited task from set_event_pid; the recorder remembers it.
+    code = (
+        "import subprocess, sys; sys.stdin.readline(); p = subprocess.Popen(['sleep', '0.2']); "
+        "print(p.pid, flush=True); p.wait(); sys.stdin.readline()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    with tracefs.TraceRecorder(events=("kvm/kvm_userspace_exit",), pids=(child.pid,)) as rec:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        grandchild = int(child.stdout.readline())
+        assert grandchild in rec.recorded_pids()
+        time.sleep(0.5)  # the grandchild has exited by now
+        root = tracefs.find_mount() or tracefs.TRACEFS
+        (inst,) = root.glob(f"instances/kvmmu-{os.getpid()}-*")
+        assert str(grandchild) not in (inst / "set_event_pid").read_text().split()  # the kernel forgot it
+        assert grandchild in rec.recorded_pids()
+        child.stdin.write("done\n")
+        child.stdin.flush()
+        child.wait(10)

@@ -155,9 +155,17 @@ class TraceRecorder:
         events: tuple[str, ...] = SYSTEMS,
         buffer_size_kb: int = 4096,
         pids: Iterable[int] | None = None,
+        clock: str | None = None,
     ) -> None:
         self._wanted = events
         self._buffer_kb = buffer_size_kb
+        # ``trace_clock`` of the instance (``mono``: CLOCK_MONOTONIC, comparable with another
+        # tool's timestamps); None keeps the kernel's default (``local``).
+        self._clock = clock
+        # Tasks seen in set_event_pid: the kernel drops a task from it when the task exits
+        # (``event_filter_pid_sched_process_exit()`` in kernel/trace/trace_events.c), so the
+        # tasks of a finished process must be remembered to keep their lines.
+        self._seen: set[int] = set()
         # Default: this process, all its threads (vCPU threads start later: event-fork adds them).
         self._pids = tuple(pids) if pids is not None else own_tasks()
         if not self._pids:
@@ -193,6 +201,11 @@ class TraceRecorder:
         self._instance = inst
         (inst / "tracing_on").write_text("0")
         (inst / "buffer_size_kb").write_text(str(self._buffer_kb))
+        if self._clock is not None:
+            try:
+                (inst / "trace_clock").write_text(self._clock)
+            except OSError:
+                raise TracefsError(f"trace clock {self._clock!r} not offered by {root}") from None
         # Before any event is enabled: only our tasks, and the tasks they start, are recorded.
         (inst / "options" / "event-fork").write_text("1")
         (inst / "set_event_pid").write_text(" ".join(str(p) for p in self._pids))
@@ -204,13 +217,17 @@ class TraceRecorder:
         (inst / "trace").write_text("")  # start empty
         (inst / "tracing_on").write_text("1")
 
-    def events(self) -> list[TraceEvent]:
-        """Everything recorded so far (the buffer is left as is)."""
+    def events(self, also: Iterable[int] = ()) -> list[TraceEvent]:
+        """Everything recorded so far (the buffer is left as is).
+
+        ``also``: more task ids known to be ours (e.g. the threads strace saw), for tasks that
+        started and exited between two calls of :meth:`recorded_pids`.
+        """
         if self._instance is None:
             raise TracefsError("not recording")
         # The kernel filter already holds; the check here keeps a foreign line out even if a
         # task of ours exited and its pid was reused before the filter saw it go.
-        allowed = self.recorded_pids()
+        allowed = self.recorded_pids() | frozenset(also)
         return [e for e in parse_trace((self._instance / "trace").read_text()) if e.pid in allowed]
 
     def recorded_pids(self) -> frozenset[int]:
@@ -218,7 +235,20 @@ class TraceRecorder:
         if self._instance is None:
             raise TracefsError("not recording")
         text = (self._instance / "set_event_pid").read_text()
-        return frozenset(int(p) for p in text.split()) | frozenset(self._pids)
+        self._seen.update(int(p) for p in text.split())
+        return frozenset(self._seen) | frozenset(self._pids)
+
+    def lost_events(self) -> int:
+        """Events the ring buffer overwrote (``overrun`` summed over the CPUs): 0 if none."""
+        if self._instance is None:
+            raise TracefsError("not recording")
+        lost = 0
+        for stats in (self._instance / "per_cpu").glob("cpu*/stats"):
+            for line in stats.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "overrun":
+                    lost += int(value)
+        return lost
 
     def stop(self) -> None:
         """Stop recording; :meth:`events` still reads what was recorded."""

@@ -1,0 +1,126 @@
+"""``kvmmu capture -- CMD ...``: record a real VMM's memslot ioctls and its KVM's trace.
+
+Parsing and printing only: the recording is :func:`kvmmu.kvm.capture.record`, the format
+:mod:`kvmmu.kvm.capture`.  Bad input or a host that cannot capture (not root, no /dev/kvm, no
+tracefs, no strace, command not found) is one line on stderr and exit status 2; a command that
+exits with a failure status still leaves its capture, and ``kvmmu capture`` then exits 1 after
+saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from kvmmu.kvm.capture import CAPTURE_FILE, STRACE_FILE, CaptureError, record, summary, write_capture
+from kvmmu.report.atomic import atomic_directory
+
+DEFAULT_OUT = Path("kvmmu-out")
+
+
+class InputError(click.ClickException):
+    """Bad input: one line on stderr and exit status 2."""
+
+    exit_code = 2
+
+
+def _default_out(command: tuple[str, ...]) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(command[0]).name).strip("-.") or "vmm"
+    return DEFAULT_OUT / f"capture-{name}"
+
+
+@click.command(
+    "capture",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Capture directory (replaced atomically if it holds an earlier capture). "
+    "Default: kvmmu-out/capture-<command>.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    help="End the command (SIGTERM to its session) after this many seconds.",
+)
+@click.option("--strace", "strace_bin", default="strace", show_default=True, help="The strace to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the capture's summary as JSON.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
+def command(
+    out_dir: Path | None, timeout: float | None, strace_bin: str, as_json: bool, command: tuple[str, ...]
+) -> None:
+    """Run CMD (a VMM: qemu-system-x86_64, firecracker, cloud-hypervisor...) and record its
+    memslot ioctls (strace, with times and durations) and the kvm/kvmmmu trace events of its own
+    process tree (a private tracefs instance, removed afterwards).
+
+    Writes DIR/capture.json.gz (the kvmmu-capture format, versioned; see the README) and
+    DIR/strace.log.gz (strace's own log). Then: `kvmmu validate DIR` holds the model against the
+    kernel's trace, `kvmmu replay DIR` runs the memslot churn under every strategy.
+
+    Needs root, /dev/kvm, tracefs and strace (apt-get install strace). Example, a SeaBIOS POST
+    that ends by itself in about 11 s:
+
+      kvmmu capture --out post -- qemu-system-x86_64 -machine q35 -enable-kvm -m 512
+      -nic none -display none -no-reboot -boot reboot-timeout=0
+    """
+    out = out_dir if out_dir is not None else _default_out(command)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CAPTURE_FILE).exists())):
+        raise InputError(f"--out: {out} exists and is not a kvmmu capture directory; not replacing it")
+    err = Console(stderr=True)
+    try:
+        with (
+            contextlib.nullcontext()
+            if not err.is_terminal
+            else err.status(f"capturing {Path(command[0]).name} (ends when it exits)")
+        ):
+            rec = record(command, strace=strace_bin, timeout=timeout)
+    except CaptureError as exc:
+        raise InputError(str(exc)) from None
+    cap = rec.capture
+    with atomic_directory(out) as tmp:
+        write_capture(cap, tmp / CAPTURE_FILE)
+        (tmp / STRACE_FILE).write_bytes(gzip.compress(rec.strace_text.encode(), mtime=0))
+    facts = summary(cap)
+    facts["capture"] = str(out / CAPTURE_FILE)
+    facts["timed_out"] = rec.timed_out
+    if as_json:
+        click.echo(json.dumps(facts, indent=1))
+    else:
+        _print(facts)
+    rc = cap.meta.exit_code
+    if rec.timed_out:
+        err.print(f"ended by --timeout after {timeout:g} s (exit status {rc})", highlight=False)
+    elif rc != 0:
+        click.echo(f"kvmmu: error: {command[0]} exited with status {rc} (capture written to {out})", err=True)
+        raise SystemExit(1)
+    if not cap.memslots:
+        click.echo(f"kvmmu: warning: {command[0]} made no memslot ioctl (is it a KVM VMM?)", err=True)
+
+
+def _print(f: dict[str, Any]) -> None:
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(" ".join(f["command"]), markup=False)
+    console.print(f"  exit status {f['exit_code']}, {f['duration_s']} s")
+    console.print(
+        f"  memslot ioctls: {f['memslot_ioctls']} ({f['memslot_create']} create, "
+        f"{f['memslot_delete']} delete, "
+        f"{f['memslot_move']} move, {f['memslot_flags']} flags change, {f['memslot_error']} refused) "
+        f"in {f['bursts']} bursts; address spaces {f['address_spaces_used']}"
+    )
+    if "trace_events" in f:
+        console.print(
+            f"  kernel trace: {f['trace_events']} events ({f['trace_events_lost']} lost): "
+            f"{f['kvm_mmu_zap_all_fast']} kvm_mmu_zap_all_fast, {f['kvm_mmu_get_page_new']} shadow pages "
+            f"created, {f['kvm_mmu_prepare_zap_page']} kvm_mmu_prepare_zap_page, "
+            f"{f['mmio_accesses']} MMIO accesses, {f['mmio_exits']} MMIO exits"
+        )
+    console.print(f"  written: {f['capture']}")

@@ -187,7 +187,7 @@ def test_capture_cli_will_not_replace_a_directory_it_did_not_create(
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(SystemExit) as exc:
         main(["capture", "--out", str(tmp_path / "mine"), "--", "true"])
-    assert exc.value.code == 2 and "not a kvmmu capture directory" in capsys.readouterr().err
+    assert exc.value.code == 2 and "files kvmmu did not write" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -195,7 +195,7 @@ def test_capture_without_root_is_a_clear_error() -> None:
     if os.geteuid() != 0:
         pytest.skip("runs as root, to drop to nobody in a child")
     code = (
-        "import os; from kvmmu.cli import main; import kvmmu.cli.capture; "
+        "import os; from kvmmu.cli import main; import kvmmu.kvm.capture, kvmmu.kvm.bindings; "
         "os.setgid(65534); os.setuid(65534); main(['capture', '--', 'true'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)

@@ -19,8 +19,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from kvmmu.kvm.capture import CAPTURE_FILE, STRACE_FILE, CaptureError, record, summary, write_capture
-from kvmmu.report.atomic import atomic_directory
+from kvmmu.report.atomic import OutputError, atomic_directory, check_output_dir
 
 DEFAULT_OUT = Path("kvmmu-out")
 
@@ -62,19 +61,35 @@ def command(
     memslot ioctls (strace, with times and durations) and the kvm/kvmmmu trace events of its own
     process tree (a private tracefs instance, removed afterwards).
 
-    Writes DIR/capture.json.gz (the kvmmu-capture format, versioned; see the README) and
-    DIR/strace.log.gz (strace's own log). Then: `kvmmu validate DIR` holds the model against the
-    kernel's trace, `kvmmu replay DIR` runs the memslot churn under every strategy.
+    DIR must be new, empty or a folder kvmmu wrote. Writes DIR/capture.json.gz (the
+    kvmmu-capture format, versioned; see the README) and DIR/strace.log.gz (strace's own log).
+    Then `kvmmu validate DIR` holds the model against the kernel's trace, and `kvmmu replay DIR`
+    runs the memslot churn under every strategy.
 
     Needs root, /dev/kvm, tracefs and strace (apt-get install strace). Example, a SeaBIOS POST
     that ends by itself in about 11 s:
 
-      kvmmu capture --out post -- qemu-system-x86_64 -machine q35 -enable-kvm -m 512
-      -nic none -display none -no-reboot -boot reboot-timeout=0
+    \b
+      kvmmu capture --out post -- qemu-system-x86_64 -machine q35 -enable-kvm \\
+          -m 512 -nic none -display none -no-reboot -boot reboot-timeout=0
     """
+    # Imported here: `kvmmu --help` must not load the /dev/kvm bindings.
+    from kvmmu.kvm.capture import (
+        CAPTURE_FILE,
+        STRACE_FILE,
+        CaptureError,
+        preflight,
+        record,
+        summary,
+        write_capture,
+    )
+
     out = out_dir if out_dir is not None else _default_out(command)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CAPTURE_FILE).exists())):
-        raise InputError(f"--out: {out} exists and is not a kvmmu capture directory; not replacing it")
+    try:
+        preflight(command, strace_bin)
+        check_output_dir(out)  # before the run: never a VMM run whose capture cannot be kept
+    except (OutputError, CaptureError) as exc:
+        raise InputError(str(exc)) from None
     err = Console(stderr=True)
     try:
         with (
@@ -86,9 +101,12 @@ def command(
     except CaptureError as exc:
         raise InputError(str(exc)) from None
     cap = rec.capture
-    with atomic_directory(out) as tmp:
-        write_capture(cap, tmp / CAPTURE_FILE)
-        (tmp / STRACE_FILE).write_bytes(gzip.compress(rec.strace_text.encode(), mtime=0))
+    try:
+        with atomic_directory(out) as tmp:
+            write_capture(cap, tmp / CAPTURE_FILE)
+            (tmp / STRACE_FILE).write_bytes(gzip.compress(rec.strace_text.encode(), mtime=0))
+    except OutputError as exc:
+        raise InputError(str(exc)) from None
     facts = summary(cap)
     facts["capture"] = str(out / CAPTURE_FILE)
     facts["timed_out"] = rec.timed_out

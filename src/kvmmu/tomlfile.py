@@ -55,3 +55,25 @@ def read_toml(path: str | Path, error: type[Exception], what: str = "") -> dict[
     except UnicodeDecodeError:
         raise error(f"{p}: not a UTF-8 text file") from None
     return parse_toml(text, str(p), error)
+
+
+#: The kinds of scenario file, by the top-level ``kind`` key (see :mod:`kvmmu.scenarios`).
+SCENARIO_KINDS: tuple[str, ...] = ("workload", "interleaving", "steps")
+
+
+def take_kind(data: dict[str, Any], kind: str, source: str, error: type[Exception]) -> dict[str, Any]:
+    """``data`` without its optional top-level ``kind`` key, which must name ``kind`` if present.
+
+    Every scenario file may say what it is (``kind = "workload"``); a loader accepts its own kind
+    and names the command that takes any other one.
+    """
+    if "kind" not in data:
+        return data
+    rest = dict(data)
+    given = rest.pop("kind")
+    if given != kind:
+        if given in SCENARIO_KINDS:
+            raise error(f"{source}: kind: {given!r}, but {kind!r} scenarios are needed here "
+                        "(kvmmu run takes workload, check interleaving, diff steps)")
+        raise error(f"{source}: kind: must be one of {', '.join(SCENARIO_KINDS)} (got {given!r})")
+    return rest

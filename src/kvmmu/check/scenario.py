@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from kvmmu.errors import KvmError
 from kvmmu.spte import PAGE_SIZE
-from kvmmu.tomlfile import field_path, read_toml
+from kvmmu.tomlfile import field_path, read_toml, take_kind
 from kvmmu.vm import VM
 
 U64 = Annotated[int, Field(ge=0, lt=1 << 64, strict=True)]
@@ -165,6 +165,7 @@ def _message(err: Any) -> str:
 
 def parse_scenario(data: dict[str, Any], source: str) -> Scenario:
     """Validate a TOML document; errors name ``source``, the field and what is allowed."""
+    data = take_kind(data, "interleaving", source, ScenarioError)
     try:
         scenario = _ADAPTER.validate_python(data)
     except ValidationError as exc:

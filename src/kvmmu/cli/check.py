@@ -32,12 +32,13 @@ from kvmmu.check import (
     explain,
     explore,
     explore_random,
-    load_scenario,
     minimise,
     parse_schedule,
 )
 from kvmmu.check.explore import DEFAULT_MAX_DEPTH
 from kvmmu.mmu.invalidation import SLOT_ZAPS, STRATEGIES, VARIANTS
+from kvmmu.scenarios import ScenarioError as KindError
+from kvmmu.scenarios import for_check
 
 DEFAULT_BOUND = 2
 
@@ -72,8 +73,8 @@ def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None
     scenario = DEFAULT_SCENARIO
     if scenario_path is not None:
         try:
-            scenario = load_scenario(scenario_path)
-        except ScenarioError as exc:
+            scenario = for_check(scenario_path)  # any kind: see kvmmu.scenarios
+        except (ScenarioError, KindError) as exc:
             raise InputError(str(exc)) from None
     if updates is None:
         updates = min(2, len(scenario.updates))
@@ -120,8 +121,12 @@ def _mode_text(result: Result) -> str:
               help="Run R seeded random (PCT) schedules instead of the exhaustive search.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random.")
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Scenario TOML: [vm], [[slots]], [[vcpus]] accesses = [...], [[updates]] "
-                   "(default: gfn 0x100 MMIO->RAM, delete slot 0, dirty-log slot 1).")
+              help="An interleaving scenario (kind = \"interleaving\": [vm], [[slots]], [[vcpus]] "
+                   "accesses = [...], [[updates]]; examples/interleaving.toml), or any other "
+                   "kind, converted: a workload file or embedded name (boot, ...) gives its first "
+                   "memslot changes on a compacted map, a steps file (kvmmu diff's) its requests "
+                   "and each vCPU's accesses. Default: mmio-to-ram (gfn 0x100 MMIO->RAM, delete "
+                   "slot 0, dirty-log slot 1).")
 @click.option("--gen-bits", type=int, default=None,
               help="Compare only this many MMIO generation bits (2..19), so it wraps in a few "
                    "updates.")

@@ -99,7 +99,13 @@ def command(
     context: int,
     as_json: bool,
 ) -> None:
-    """Run SCENARIO (TOML) on the model and on /dev/kvm and compare what the guest observes.
+    """Run SCENARIO on the model and on /dev/kvm and compare what the guest observes.
+
+    SCENARIO is a *steps* TOML file (kind = "steps": [scenario], [[memory]], [[step]], one exact
+    sequence of memslot requests and accesses; annotated example: examples/steps.toml), or any
+    other kind, converted: a workload file or embedded name (kvmmu diff boot) runs its memslot
+    operations in time order, each at most 3 times, on a compacted guest-physical map, probed by
+    reads where each request acts; an interleaving file (kvmmu check's) runs round by round.
 
     With --random N, run N generated scenarios instead; with --errno N, compare the result of
     N random KVM_SET_USER_MEMORY_REGION requests.  Prints agreement, or the first divergence
@@ -107,7 +113,9 @@ def command(
     """
     from kvmmu import STRATEGIES, resolve_strategy
     from kvmmu.kvm import diff as kdiff
-    from kvmmu.kvm.scenario import ScenarioError, load_scenario, to_toml
+    from kvmmu.kvm.scenario import ScenarioError, to_toml
+    from kvmmu.scenarios import ScenarioError as KindError
+    from kvmmu.scenarios import for_diff
 
     chosen = [x for x in (scenario, n_random, n_errno) if x is not None]
     if len(chosen) != 1:
@@ -128,8 +136,8 @@ def command(
     console = Console(soft_wrap=True)
     if scenario is not None:
         try:
-            scn = load_scenario(scenario)
-        except ScenarioError as exc:
+            scn, _ = for_diff(scenario)  # any kind or an embedded name: see kvmmu.scenarios
+        except KindError as exc:
             raise InputError(str(exc)) from None
         _need_kvm()
         try:

@@ -23,13 +23,14 @@ from kvmmu.report.atomic import OutputError, check_output_dir
 from kvmmu.report.files import report_dict
 from kvmmu.report.output import write_report
 from kvmmu.report.tables import comparison_table
+from kvmmu.scenarios import ScenarioError as KindError
+from kvmmu.scenarios import for_run
 from kvmmu.sim.costs import CostError, load_costs
 from kvmmu.sim.run import SimOptions, simulate_all
 from kvmmu.sim.workloads.schema import (
     MAX_MEMORY,
     MAX_VCPUS,
     ScenarioError,
-    load_scenario,
     parse_size,
     scenario_names,
 )
@@ -123,6 +124,10 @@ def command(
 
     SCENARIO is an embedded scenario name or a TOML file (default: boot). Embedded scenarios:
     boot, vga-bank-switch, hotplug, migration, rom-loop, virtio-mem, random, fast-zap-2013.
+    It must be a *workload* scenario (kind = "workload": [guest], [vcpu], [[slots]],
+    [[devices]], [[vmm]]; annotated example: examples/workload.toml). The other kinds,
+    interleaving (kvmmu check) and steps (kvmmu diff), describe single accesses without time
+    and have nothing to simulate; every workload also runs under check and diff, converted.
 
     Every vCPU and the VMM thread run the model's own fault and memslot-update code; each step
     they take is charged its cost, mmu_lock waiters spin, memslot updates wait for SRCU readers.
@@ -134,7 +139,7 @@ def command(
     """
     names = list(strategies) or list(STRATEGIES)
     try:
-        sc = load_scenario(scenario)
+        sc = for_run(scenario)
         mem = _size(memory)
         if mem is not None and not 0 < mem <= MAX_MEMORY:
             raise InputError(f"--memory: must be between 4KiB and 1TiB (got {memory})")
@@ -143,7 +148,7 @@ def command(
         costs = load_costs(costs_path)
         # Checked before minutes of simulation, not after: a refused folder costs nothing.
         out = check_output_dir(out_dir if out_dir is not None else DEFAULT_OUT / _dirname(sc.name))
-    except (ScenarioError, CostError, OutputError) as exc:
+    except (ScenarioError, KindError, CostError, OutputError) as exc:
         raise InputError(str(exc)) from None
     except ValueError as exc:  # a --memory that is not a size
         raise InputError(f"--memory: {exc}") from None

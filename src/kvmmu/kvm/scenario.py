@@ -67,7 +67,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kvmmu.tomlfile import field_path, parse_toml, read_toml
+from kvmmu.tomlfile import field_path, parse_toml, read_toml, take_kind
 
 PAGE = 4096
 U32 = (1 << 32) - 1
@@ -272,6 +272,7 @@ def parse_scenario(text: str, path: str = "<text>") -> Scenario:
 
 def validate_scenario(raw: dict[str, Any], path: str) -> Scenario:
     """Validate a parsed scenario document; :class:`ScenarioError` names what is wrong."""
+    raw = take_kind(raw, "steps", path, ScenarioError)
     try:
         scn = Scenario.model_validate(raw)
     except ValidationError as exc:
@@ -308,7 +309,7 @@ def _toml_value(v: object) -> str:
 
 def to_toml(scn: Scenario) -> str:
     """The scenario as TOML that :func:`parse_scenario` reads back to an equal scenario."""
-    lines = ["[scenario]"]
+    lines = ['kind = "steps"', "", "[scenario]"]
     for k, v in scn.scenario.model_dump().items():
         lines.append(f"{k} = {_toml_value(v)}")
     for m in scn.memory:

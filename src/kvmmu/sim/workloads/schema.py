@@ -30,7 +30,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, Validation
 from pydantic import dataclasses as pdc
 from pydantic_core import PydanticCustomError
 
-from kvmmu.tomlfile import field_path, parse_toml, read_toml
+from kvmmu.tomlfile import field_path, parse_toml, read_toml, take_kind
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -404,6 +404,7 @@ def _dataclass_in(hint: Any) -> Any:
 
 def scenario_from_dict(data: dict[str, Any], path: str = "<built>") -> Scenario:
     """Validate a scenario given as the dict a TOML file would parse to (for built experiments)."""
+    data = take_kind(data, "workload", path, ScenarioError)
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
@@ -412,7 +413,7 @@ def scenario_from_dict(data: dict[str, Any], path: str = "<built>") -> Scenario:
 
 def parse_scenario(text: str, path: str) -> Scenario:
     """Parse and validate a scenario's TOML text; ``path`` names it in errors."""
-    raw = parse_toml(text, path, ScenarioError)
+    raw = take_kind(parse_toml(text, path, ScenarioError), "workload", path, ScenarioError)
     try:
         return _ADAPTER.validate_python(raw)
     except ValidationError as exc:

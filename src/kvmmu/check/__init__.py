@@ -2,7 +2,8 @@
 
 The package drives the model's own protocol generators (``kvmmu.mmu.steps``) under a controlled
 scheduler.  :mod:`~kvmmu.check.scenario` says what runs, :mod:`~kvmmu.check.world` builds one run
-of it, :mod:`~kvmmu.check.state` keys a state for the visited set, :mod:`~kvmmu.check.explore`
+of it, :mod:`~kvmmu.check.state` defines the key of a state for the visited set and
+:mod:`~kvmmu.check.keys` computes it incrementally, :mod:`~kvmmu.check.explore`
 searches (exhaustive with preemption bounding and state caching, or PCT random),
 :mod:`~kvmmu.check.minimize` shrinks a failing schedule, :mod:`~kvmmu.check.explain` tells it in
 kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only.

@@ -13,7 +13,8 @@ choices on a stack, each to be a later run's prefix.
   re-enters the guest, or when it blocks on ``mmu_lock``/SRCU) are free.  Most concurrency bugs
   need very few preemptions, and the number of schedules grows polynomially, not exponentially,
   with the bound.  ``preemptions=None`` explores every interleaving.
-* *State caching*: after each step the state key (:mod:`kvmmu.check.state`) is looked up; a state
+* *State caching*: after each step the state key (:mod:`kvmmu.check.state`, computed
+  incrementally by :mod:`kvmmu.check.keys`) is looked up; a state
   already reached with no more preemptions used (and, when the depth is a bound, at no greater
   depth) is not explored again.  Under a preemption bound the key also holds the thread that ran
   last when it could go on, since that decides whether the next switch is a preemption.
@@ -30,7 +31,8 @@ choices on a stack, each to be a later run's prefix.
 
 Checks after each step: the per-access oracle (findings of the step itself) and, at each state not
 seen before, ``vm.check_state()`` (a state already seen was checked then: the key covers every
-input of the invariant).  The first finding stops the search with the schedule that led to it.
+input of the invariant).  The invariant reads shared state only, so it runs once per distinct
+shared state, not once per state.  The first finding stops the search with the schedule that led to it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from kvmmu.check.keys import FrameCanon, Keyer, ThreadHasher, with_context
 from kvmmu.check.schedule import FREE_SWITCH_STEPS, is_preemption
-from kvmmu.check.state import KeyCache, world_key
 from kvmmu.check.world import CheckConfig, Finding, World
 
 DEFAULT_MAX_DEPTH: Final = 2000
@@ -133,16 +135,22 @@ def explore(
     stats = Stats()
     t0 = time.perf_counter()
     bounded = preemptions is not None
+    canon = FrameCanon()
     # key -> Pareto front of (preemptions used, depth) at which the state was explored.
-    visited: dict[bytes, list[tuple[int, int]]] = {}
-    stack: list[tuple[tuple[int, ...], int]] = [((), 0)]
+    visited: dict[int, tuple[tuple[int, int], ...]] = {}
+    # Shared states whose invariant held: check_state() reads shared state only.
+    checked: set[int] = set()
+    # (schedule prefix, preemptions it used, thread hashes before its last step)
+    stack: list[tuple[tuple[int, ...], int, tuple[ThreadHasher.Seed, ...]]] = [((), 0, ())]
     failure: Failure | None = None
     while stack and failure is None:
-        prefix, pre = stack.pop()
+        prefix, pre, seeds = stack.pop()
         stats.schedules += 1
         run = _Run(World(config), preemptions=pre)
         world = run.world
-        cache = KeyCache(len(world.threads))
+        keyer = Keyer(world, canon)
+        if prefix:
+            keyer.threads.seed(seeds, prefix[-1])
         findings: list[Finding] = []
         for i, t in enumerate(prefix):
             findings = _step(world, t)
@@ -155,21 +163,26 @@ def explore(
             # Key and check the state first: the final state (every thread done) is where a stale
             # SPTE left by the last update shows.
             depth = len(run.schedule)
-            key = world_key(world, _switch_context(world, run.last) if bounded else None, cache)
+            components = keyer.shared.components()
+            key = with_context(keyer.world_hash(components),
+                               _switch_context(world, run.last) if bounded else None)
             point = (run.preemptions, depth if depth_is_bound else 0)
             front = visited.get(key)
             if front is not None and any(p <= point[0] and d <= point[1] for p, d in front):
                 stats.pruned += 1
                 break
             if front is None:
-                visited[key] = [point]
+                visited[key] = (point,)
                 stats.states += 1
-                findings = world.check_state()
-                if findings:
-                    break
+                shared = components.combined()
+                if shared not in checked:
+                    findings = world.check_state()
+                    if findings:
+                        break
+                    checked.add(shared)
             else:
-                front[:] = [(p, d) for p, d in front if not (point[0] <= p and point[1] <= d)]
-                front.append(point)
+                visited[key] = (*(q for q in front if not (point[0] <= q[0] and point[1] <= q[1])),
+                                point)
             if world.all_done():
                 stats.completed += 1
                 break
@@ -184,6 +197,7 @@ def explore(
             if run.last in enabled:
                 order = [run.last, *(t for t in enabled if t != run.last)]
             first: tuple[int, int] | None = None
+            seeds = keyer.threads.seeds()
             for t in order:
                 p = run.preemptions + is_preemption(world, run.last, t)
                 if preemptions is not None and p > preemptions:
@@ -191,14 +205,14 @@ def explore(
                 if first is None:
                     first = (t, p)
                 else:
-                    stack.append(((*run.schedule, t), p))
+                    stack.append(((*run.schedule, t), p, seeds))
             if first is None:
                 break
             t, run.preemptions = first
             run.schedule.append(t)
             run.last = t
             stats.steps += 1
-            cache.ran(t)
+            keyer.ran(t)
             findings = _step(world, t)
         if findings:
             failure = Failure(tuple(run.schedule), tuple(findings))
@@ -232,7 +246,8 @@ def explore_random(
     rng = random.Random(seed)
     stats = Stats()
     t0 = time.perf_counter()
-    seen: set[bytes] = set()
+    seen: set[int] = set()
+    canon = FrameCanon()
     failure: Failure | None = None
     length = 0  # the longest schedule so far: PCT's k, where change points are drawn
     for _ in range(schedules):
@@ -243,11 +258,11 @@ def explore_random(
         rng.shuffle(priority)
         k = max(length, 8 * n)
         changes = {c: i for i, c in enumerate(rng.sample(range(1, k + 1), min(preemptions, k)))}
-        cache = KeyCache(n)
+        keyer = Keyer(world, canon)
         schedule: list[int] = []
         findings: list[Finding] = []
         while not findings:
-            key = world_key(world, None, cache)
+            key = keyer.world_hash(keyer.shared.components())
             if key not in seen:
                 seen.add(key)
                 stats.states += 1
@@ -267,7 +282,7 @@ def explore_random(
             t = max(enabled, key=lambda i: priority[i])
             schedule.append(t)
             stats.steps += 1
-            cache.ran(t)
+            keyer.ran(t)
             findings = _step(world, t)
             change = changes.get(len(schedule))
             if change is not None:

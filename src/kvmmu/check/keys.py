@@ -1,0 +1,476 @@
+"""The explorer's state key, maintained incrementally: Zobrist-style sums, per-frame reuse.
+
+Design. :mod:`kvmmu.check.state` defines *what* a state is (``VM.state_key()`` plus every
+thread's frames and locals); this module computes the same partition of states fast, because the
+key is computed once per state and the from-scratch key scanned all 512 entries of every shadow
+page (45% of the explorer's time) and canonicalised every local of every thread (22%).
+
+* *Shadow pages* (Zobrist hashing, Zobrist 1970; the incremental state hashes of SPIN and of
+  Murphi's hash compaction): each table's hash is the sum of one term per live entry,
+  ``hash((index, spte))`` or ``hash((index, -1, child's mmu_valid_gen))`` for a link (a link's
+  target is named by the parent, the index and that generation, as ``state_key`` names pages).
+  The explorer swaps a page's ``spt`` list for a :class:`TrackedTable` the first time it sees the
+  page; the table notes which indices were written (a C-level list for every read, one Python
+  call per write, and writes are rare), and the sum is brought up to date from those indices
+  only.  The model is not touched: no hook for the model's owner to keep in step, and a write the
+  model adds tomorrow is tracked because it is a write to the list.  Pages combine by a sum too
+  (a multiset hash: no order, as ``state_key`` sorts them).
+* *Everything else shared* is small and read directly: memslots (a snapshot's slot list is hashed
+  once per snapshot object and world), the lock holder, SRCU, ``mmu_valid_gen``, each vCPU's
+  root, MMIO cache and SRCU read section, host memory (its canonical ``key()``, the written words).  The
+  parts are kept apart (:class:`Components`) so that the partial-order reduction can see which
+  parts a step wrote by comparing them before and after it.
+* *Threads*: a frame suspended in ``yield from`` whose delegate is still the same generator
+  object has not run since it was keyed (it can only resume once that delegate is exhausted), so
+  only the frames a step actually ran are canonicalised again; frames holding objects that other
+  threads write in place (a ``Memslots`` snapshot's generation) or mutable containers are
+  recomputed at every state.
+
+All values hashed are ints and tuples of ints (strings and code objects are mapped to BLAKE2b
+numbers, ``None`` to ``()``), so that ``hash()`` gives the same key in every process: the
+distributed search compares keys computed by different workers, and CPython randomises ``str``
+hashes and (before 3.12) hashes ``None`` by address.  A key is 64 bits: at a million states the
+chance of any collision is about n^2 / 2^65, 3e-8.
+
+:func:`scratch_components` and :func:`scratch_thread_hash` compute the same values from scratch
+(every entry scanned, every frame canonicalised); the tests hold the incremental key to them on
+random runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Callable, Hashable, Iterable
+from itertools import compress, repeat
+from operator import is_not
+from types import CodeType, FrameType, GeneratorType
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
+
+from kvmmu.check.state import ABSTRACTIONS, DROPPED_TYPES, UnknownLocalError, frames, memslot_key
+from kvmmu.memslots import Memslot, Memslots, SlotSet
+from kvmmu.mmu.faults import VcpuArch
+from kvmmu.mmu.pages import ShadowPage
+from kvmmu.spte import SPTES_PER_PAGE
+
+if TYPE_CHECKING:
+    from kvmmu.check.world import Thread, World
+
+Abstraction = Callable[[Any], Hashable]
+MASK64: Final = (1 << 64) - 1
+#: ``None`` in a hashed value: an empty tuple hashes alike in every process.
+NONE: Final = ()
+_DROP: Final = object()
+_DATACLASS_PARAMS: Final = "__dataclass_params__"
+#: Indices of the global parts in :attr:`Components.parts` (then V_i, R_i for each vCPU i).
+S, M, L, Q, H = range(5)
+#: How a frame's hash may go stale: never, when its thread runs, or when memslots change too.
+NOT_VOLATILE, LOCAL, SHARED = range(3)
+_INDICES: Final = range(SPTES_PER_PAGE)
+GLOBAL_PARTS: Final = 5
+
+
+def stable_id(text: str) -> int:
+    """A number for ``text`` that is the same in every process (``hash(str)`` is not)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class TrackedTable(list[int]):
+    """A shadow page's ``spt`` that remembers which entries were written since it was hashed.
+
+    ``pending`` holds written indices, or is None when every entry must be looked at (a slice
+    assignment: the page was freed).  ``total`` is the sum of the live entries' terms.
+    """
+
+    __slots__ = ("page_term", "page_term_of", "pending", "terms", "total")
+
+    def __init__(self, values: Iterable[int]) -> None:
+        super().__init__(values)
+        self.pending: set[int] | None = None
+        self.terms: dict[int, int] = {}
+        self.total = 0
+        self.page_term = 0
+        self.page_term_of: tuple[bool, int] | None = None
+
+    @overload
+    def __setitem__(self, index: SupportsIndex, value: int) -> None: ...
+
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[int]) -> None: ...
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        list.__setitem__(self, index, value)
+        pending = self.pending
+        if pending is not None:
+            if type(index) is int:
+                pending.add(index)
+            else:
+                self.pending = None
+
+
+def _entry_term(i: int, spte: int, child: ShadowPage | None) -> int | None:
+    if child is not None:
+        return hash((i, -1, child.mmu_valid_gen))
+    return hash((i, spte)) if spte else None
+
+
+def _refresh(table: TrackedTable, sp: ShadowPage) -> None:
+    """Bring ``table.total`` up to date with the entries written since the last call."""
+    pending = table.pending
+    children = sp.children
+    if pending is None:
+        # A page seen for the first time, or freed: look only at the live entries (C-level
+        # scans find them; a fresh page has none).
+        terms: dict[int, int] = {}
+        total = 0
+        live = set(compress(_INDICES, table)) if table.count(0) != SPTES_PER_PAGE else set()
+        if children.count(None) != SPTES_PER_PAGE:
+            live.update(compress(_INDICES, map(is_not, children, repeat(None))))
+        for i in live:
+            term = _entry_term(i, table[i], children[i])
+            if term is not None:
+                terms[i] = term
+                total += term
+        table.terms = terms
+        table.total = total & MASK64
+        table.pending = set()
+        return
+    if not pending:
+        return
+    terms = table.terms
+    total = table.total
+    for i in pending:
+        total -= terms.pop(i, 0)
+        term = _entry_term(i, table[i], children[i])
+        if term is not None:
+            terms[i] = term
+            total += term
+    table.total = total & MASK64
+    pending.clear()
+
+
+def _page_term(sp: ShadowPage, total: int) -> int:
+    return hash((sp.as_id, sp.level, sp.gfn, sp.mmu_valid_gen, sp.mmio_cached, total))
+
+
+def _scratch_page_total(sp: ShadowPage) -> int:
+    total = 0
+    for i, (spte, child) in enumerate(zip(sp.spt, sp.children, strict=True)):
+        if spte or child is not None:
+            term = _entry_term(i, spte, child)
+            if term is not None:
+                total += term
+    return total & MASK64
+
+
+def _holder_code(holder: object) -> int:
+    if holder is None:
+        return 0
+    return 1 if isinstance(holder, VcpuArch) else 2
+
+
+@dataclasses.dataclass(slots=True)
+class Components:
+    """The shared state's parts, each an int: S, M, L, Q, H, then V_i, R_i for each vCPU."""
+
+    parts: list[int]
+
+    def combined(self) -> int:
+        return hash(tuple(self.parts))
+
+
+class SharedHasher:
+    """The shared parts of one world's state, pages hashed incrementally (see the docstring)."""
+
+    __slots__ = ("_slots_cache", "vm")
+
+    def __init__(self, world: World) -> None:
+        self.vm = world.vm
+        #: id(Memslots) -> (the snapshot, hash of its slot list): snapshots are never mutated
+        #: but for ``generation``, which is read at every state.
+        self._slots_cache: dict[int, tuple[Memslots, int]] = {}
+
+    def _slots_hash(self, slots: Memslots) -> int:
+        hit = self._slots_cache.get(id(slots))
+        if hit is not None and hit[0] is slots:
+            return hit[1]
+        h = hash(tuple(memslot_key(m) for m in slots))
+        self._slots_cache[id(slots)] = (slots, h)
+        return h
+
+    def components(self) -> Components:
+        vm = self.vm
+        kvm = vm.kvm
+        mmu = kvm.mmu
+        pages = 0
+        for sp in mmu.active.values():
+            table = sp.spt
+            if type(table) is not TrackedTable:
+                table = TrackedTable(table)
+                sp.spt = table
+            _refresh(table, sp)
+            of = (sp.mmio_cached, table.total)
+            if table.page_term_of != of:
+                table.page_term = _page_term(sp, table.total)
+                table.page_term_of = of
+            pages += table.page_term
+        return self._assemble(pages)
+
+    def _assemble(self, pages: int) -> Components:
+        vm = self.vm
+        kvm = vm.kvm
+        mmu = kvm.mmu
+        memslots = kvm.memslots
+        s = hash((pages & MASK64, mmu.mmu_valid_gen))
+        m = hash((memslots.updating, *((sl.generation, self._slots_hash(sl))
+                                       for sl in memslots.active)))
+        lock = mmu.lock.holder
+        srcu = kvm.srcu
+        waiting = srcu.waiting_for
+        q = -1 if waiting is None else 1
+        parts = [s, m, _holder_code(lock), q, hash(vm.host_memory.key())]
+        readers = srcu.readers
+        for v in vm.vcpus:
+            a = v.arch
+            root = a.root
+            rname = NONE if root is None else (root.as_id, root.level, root.gfn, root.mmu_valid_gen)
+            parts.append(hash((a.as_id, rname, a.mmio_gfn, a.mmio_gen, lock is a)))
+            e = readers.get(a)
+            parts.append(0 if e is None else (2 if waiting is not None and e < waiting else 1))
+        return Components(parts)
+
+    def scratch(self) -> Components:
+        """The same parts computed from scratch (every entry of every page scanned)."""
+        pages = 0
+        for sp in self.vm.kvm.mmu.active.values():
+            pages += _page_term(sp, _scratch_page_total(sp))
+        return self._assemble(pages)
+
+
+def scratch_components(world: World) -> Components:
+    return SharedHasher(world).scratch()
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+
+class FrameCanon:
+    """Canonicalises frame locals to deterministic ints and tuples; caches per code object."""
+
+    __slots__ = ("_code", "_drop", "_ids", "volatile")
+
+    def __init__(self) -> None:
+        #: exact types of locals that are handles (see DROPPED_TYPES), learnt as they are met
+        self._drop: set[type] = set()
+        self._ids: dict[str, int] = {}
+        self.volatile = NOT_VOLATILE
+        #: code -> (its stable id, name -> index in co_varnames, name -> abstraction)
+        self._code: dict[CodeType, tuple[int, dict[str, int], dict[str, Abstraction]]] = {}
+
+    def str_id(self, text: str) -> int:
+        n = self._ids.get(text)
+        if n is None:
+            n = self._ids[text] = stable_id(text)
+        return n
+
+    def code_info(self, code: CodeType) -> tuple[int, dict[str, int], dict[str, Abstraction]]:
+        info = self._code.get(code)
+        if info is None:
+            names = (*code.co_varnames, *code.co_cellvars, *code.co_freevars)
+            info = (self.str_id(code.co_qualname), {n: i for i, n in enumerate(names)},
+                    {local: f for (fn, local), f in ABSTRACTIONS.items() if fn == code.co_name})
+            self._code[code] = info
+        return info
+
+    def value(self, v: Any, where: str) -> Any:
+        kind = type(v)
+        if kind is int or kind is bool or kind is float:
+            return v
+        if v is None:
+            return NONE
+        if kind is str:
+            return (7, self.str_id(v))
+        if kind is ShadowPage:
+            return (1, v.as_id, v.level, v.gfn, v.mmu_valid_gen)
+        if kind is Memslot:
+            return (2, *memslot_key(v))
+        if kind is Memslots:
+            self.volatile = SHARED
+            return (3, v.as_id, v.generation, tuple(memslot_key(m) for m in v))
+        if kind is SlotSet:  # immutable: the slots an update is about to publish
+            return (10, *(memslot_key(m) for m in v.by_gfn.values_in_order()))
+        if isinstance(v, enum.Enum):
+            val = v.value
+            return (4, self.str_id(kind.__qualname__),
+                    val if type(val) is int else self.value(val, where))
+        if isinstance(v, DROPPED_TYPES):
+            return _DROP
+        if kind is bytes:
+            return (8, stable_id(v.hex()))
+        if isinstance(v, tuple):
+            return tuple(self.value(x, where) for x in v)
+        if isinstance(v, list):
+            self.volatile = max(self.volatile, LOCAL)
+            return (5, *(self.value(x, where) for x in v))
+        if isinstance(v, dict):
+            self.volatile = max(self.volatile, LOCAL)
+            return (6, *sorted((self.value(k, where), self.value(x, where))
+                               for k, x in v.items()))
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            if not getattr(kind, _DATACLASS_PARAMS).frozen:
+                self.volatile = max(self.volatile, LOCAL)
+            return (9, self.str_id(kind.__qualname__),
+                    *(self.value(getattr(v, f.name), where) for f in dataclasses.fields(v)
+                      if f.compare))
+        raise UnknownLocalError(
+            f"cannot key local {where} of type {kind.__qualname__}; teach kvmmu.check.state about it"
+        )
+
+    def frame_hash(self, frame: FrameType) -> tuple[int, int]:
+        """The frame's hash (code, position, locals) and whether it must be recomputed."""
+        self.volatile = NOT_VOLATILE
+        code = frame.f_code
+        code_id, index, abstractions = self.code_info(code)
+        drop = self._drop
+        # The frame's f_locals dict is reused between calls and a local unbound for a while is
+        # re-inserted at its end: sort by position in co_varnames, not by dict order.
+        items: list[tuple[int, Hashable]] = []
+        for local, value in frame.f_locals.items():
+            if abstractions and local in abstractions:
+                c: Any = abstractions[local](value)
+            else:
+                kind = type(value)
+                if kind is int or kind is bool:
+                    c = value
+                elif kind in drop:
+                    continue
+                else:
+                    c = self.value(value, f"{code.co_qualname}.{local}")
+                    if c is _DROP:
+                        drop.add(kind)
+                        continue
+            items.append((index[local], c))
+        items.sort()
+        return hash((code_id, frame.f_lasti, *items)), self.volatile
+
+
+class ThreadHasher:
+    """Each thread's hash, recomputing only the frames that ran or may have changed.
+
+    A frame is reused when it has not run (see the module docstring) and, if it holds a mutable
+    container, its thread has not run (an inner frame may have written it), and, if it holds a
+    memslot snapshot, the shared memslot part ``M`` is the one it was hashed with (snapshots are
+    written in place only by an update, which changes ``M``).
+    """
+
+    __slots__ = ("_chains", "_hashes", "_ran", "canon", "world")
+
+    def __init__(self, world: World, canon: FrameCanon) -> None:
+        self.world = world
+        self.canon = canon
+        n = len(world.threads)
+        #: per thread: [(generator, frame hash, volatility, M when hashed)], outermost first
+        self._chains: list[list[tuple[Any, int, int, int]]] = [[] for _ in range(n)]
+        self._hashes: list[tuple[int, int, int] | None] = [None] * n  # (hash, volatility, M)
+        self._ran = [True] * n
+
+    def ran(self, t: int) -> None:
+        self._ran[t] = True
+
+    Seed = tuple[int, int, int] | None
+
+    def seeds(self) -> tuple[Seed, ...]:
+        """What :meth:`seed` takes: each thread's last hash, to carry into a replay of this run."""
+        return tuple(None if self._ran[t] else h for t, h in enumerate(self._hashes))
+
+    def seed(self, seeds: tuple[Seed, ...], ran: int) -> None:
+        """Start from another world's hashes of the same schedule prefix, except thread ``ran``.
+
+        A replay re-executes the prefix deterministically, so every thread but the one that takes
+        the new step is where it was in the world the hashes come from.
+        """
+        for t, s in enumerate(seeds):
+            if s is not None and t != ran:
+                self._hashes[t] = s
+                self._ran[t] = False
+
+    def thread_hash(self, t: int, m: int) -> int:
+        cached = self._hashes[t]
+        ran = self._ran[t]
+        if cached is not None and not ran and (cached[1] < SHARED or cached[2] == m):
+            return cached[0]
+        self._ran[t] = False
+        thread = self.world.threads[t]
+        if thread.gen is None:
+            self._chains[t] = []
+            h = hash((thread.op_index,))
+            self._hashes[t] = (h, NOT_VOLATILE, m)
+            return h
+        prev = self._chains[t]
+        gen: Any = thread.gen
+        gens: list[Any] = []
+        while gen is not None:
+            if not isinstance(gen, GeneratorType):
+                raise UnknownLocalError(
+                    f"a protocol thread delegates to {type(gen).__qualname__}, not a generator")
+            if gen.gi_frame is None:
+                break
+            gens.append(gen)
+            gen = gen.gi_yieldfrom
+        n = len(gens)
+        np = len(prev)
+        chain: list[tuple[Any, int, int, int]] = []
+        volatility = NOT_VOLATILE
+        for d, g in enumerate(gens):
+            if d < np:
+                e = prev[d]
+                # Frame d has not run if it and the generator it delegates to are the same
+                # objects (or its thread has not run at all).
+                if e[0] is g and (not ran or (d + 1 < n and d + 1 < np
+                                              and prev[d + 1][0] is gens[d + 1])):
+                    vol = e[2]
+                    if vol == NOT_VOLATILE or (not ran and (vol == LOCAL or e[3] == m)):
+                        chain.append(e)
+                        volatility = max(volatility, vol)
+                        continue
+            fh, vol = self.canon.frame_hash(g.gi_frame)
+            volatility = max(volatility, vol)
+            chain.append((g, fh, vol, m))
+        self._chains[t] = chain
+        h = hash((thread.op_index, *(e[1] for e in chain)))
+        self._hashes[t] = (h, volatility, m)
+        return h
+
+
+def scratch_thread_hash(thread: Thread, canon: FrameCanon | None = None) -> int:
+    """A thread's hash with every frame canonicalised (the reference for :class:`ThreadHasher`)."""
+    if thread.gen is None:
+        return hash((thread.op_index,))
+    canon = canon or FrameCanon()
+    return hash((thread.op_index, *(canon.frame_hash(f)[0] for f in frames(thread.gen))))
+
+
+class Keyer:
+    """The key of a world's state: the shared parts and every thread, as one 64-bit int."""
+
+    __slots__ = ("shared", "threads")
+
+    def __init__(self, world: World, canon: FrameCanon) -> None:
+        self.shared = SharedHasher(world)
+        self.threads = ThreadHasher(world, canon)
+
+    def ran(self, t: int) -> None:
+        self.threads.ran(t)
+
+    def world_hash(self, components: Components) -> int:
+        """Shared state and thread states, without the scheduler's context."""
+        n = len(self.threads.world.threads)
+        m = components.parts[M]
+        return hash((components.combined(), *(self.threads.thread_hash(t, m) for t in range(n))))
+
+
+def with_context(world_hash: int, context: int | None) -> int:
+    """The visited-set key: a world hash and the scheduler context (who ran last, or None)."""
+    return hash((world_hash, -1 if context is None else context))
+

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmmu.tomlfile import field_path, parse_toml, read_toml
+from kvmmu.tomlfile import field_path, parse_toml, read_toml, take_kind
 
 
 class Bad(Exception):
@@ -36,3 +36,14 @@ def test_unreadable_and_non_utf8_files_are_one_line_errors(tmp_path: Path) -> No
     good = tmp_path / "good.toml"
     good.write_text("vcpus = 2\n")
     assert read_toml(good, Bad) == {"vcpus": 2}
+
+
+def test_a_scenario_kind_key_is_taken_if_it_matches_and_named_if_not() -> None:
+    data = {"kind": "steps", "step": []}
+    assert take_kind(data, "steps", "x.toml", Bad) == {"step": []}
+    assert data == {"kind": "steps", "step": []}  # the caller's dict is left alone
+    assert take_kind({"step": []}, "steps", "x.toml", Bad) == {"step": []}
+    with pytest.raises(Bad, match=r"^x\.toml: kind: 'workload', but 'steps' scenarios are needed"):
+        take_kind({"kind": "workload"}, "steps", "x.toml", Bad)
+    with pytest.raises(Bad, match=r"^x\.toml: kind: must be one of workload, interleaving, steps"):
+        take_kind({"kind": 3}, "steps", "x.toml", Bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from kvmmu.report.tables import GLOSSARY, ROWS, comparison_table
+from kvmmu.report.tables import GLOSSARY, ROWS, comparison_table, count, title
 from kvmmu.sim.results import SUMMARY_COLUMNS, RunResult
 
 
@@ -25,3 +25,8 @@ def test_glossary_defines_every_summary_column_and_table_row() -> None:
     keys = {k for _, k, _ in ROWS if k is not None and k != "refaults_split"}
     assert keys <= set(GLOSSARY)
     assert all(heading and text.endswith(".") for heading, text in GLOSSARY.values())
+
+
+def test_counts_agree_in_number(small_run: RunResult) -> None:
+    assert count(1, "vCPU") == "1 vCPU" and count(2, "vCPU") == "2 vCPUs" and count(0, "vCPU") == "0 vCPUs"
+    assert "2 vCPUs (2 active)" in title(small_run)

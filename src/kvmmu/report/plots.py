@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvmmu.mmu.invalidation import STRATEGIES, resolve_strategy
+from kvmmu.report.tables import count
 from kvmmu.sim.results import RunResult, Sweep, percentile
 
 if TYPE_CHECKING:
@@ -334,7 +335,7 @@ def update_latency_figure(run: RunResult) -> Plot:
         worst_name, worst = max(((n, max(d)) for n, d in zip(names, data, strict=True) if d),
                                 key=lambda t: t[1])
         caption = (
-            f"Each box is one strategy's {len(data[0]):,} memslot updates (one ioctl each, "
+            f"Each box is one strategy's {count(len(data[0]), 'memslot update')} (one ioctl each, "
             f"simulated). Lowest median: {low} ({_fmt(medians[low])} µs); highest median: {high} "
             f"({_fmt(medians[high])} µs), {_fmt(medians[high] / max(medians[low], 1e-9))}× the "
             f"lowest. Slowest single update: {worst_name}, {_fmt(worst)} µs "

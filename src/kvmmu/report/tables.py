@@ -129,12 +129,17 @@ def _cell(row: Row, key: str, fmt: Formatter | None) -> str:
     return text
 
 
+def count(n: int, noun: str) -> str:
+    """``1 vCPU``, ``2 vCPUs``: a number with its noun, in the right number."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def title(run: RunResult) -> str:
     """The one-line description of a run, above its table."""
     p = run.params
     active = p.get("active_vcpus", p.get("vcpus"))
     return (
-        f"kvmmu run: {run.scenario}, {p.get('vcpus')} vCPUs ({active} active), "
+        f"kvmmu run: {run.scenario}, {count(int(p.get('vcpus', 0)), 'vCPU')} ({active} active), "
         f"{int(p.get('memory', 0)) >> 20:,} MiB RAM, {int(p.get('duration_ns', 0)) / 1e6:g} ms "
         f"simulated, DELETE/MOVE zap: {p.get('slot_zap', 'all')}, seed {run.seed}"
     )

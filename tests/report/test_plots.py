@@ -197,3 +197,19 @@ def test_curves_coincide_exactly_when_close_at_every_point(ys: list[float], fact
 def test_plot_is_a_value_with_a_name_title_and_caption(tmp_path: Path) -> None:
     plot = sweep_figure(_sweep(), "lat", "x.png", ylabel="µs", title="T")
     assert isinstance(plot, Plot) and plot.title == "T" and plot.save(tmp_path).name == "x.png"
+
+
+def test_bars_that_read_the_same_are_said_once() -> None:
+    data = {"zap-walk": {"ms": 25.21}, "generation": {"ms": 25.19}, "zap-all-fast": {"ms": 25.2}}
+    plot = bars_figure(data, [("ms", "delete+add latency")], "b.png", title="t", ylabel="latency (ms)",
+                       unit=" ms")
+    assert "delete+add latency: 25.2 ms for every one of them." in plot.caption
+
+
+def test_a_symmetric_log_axis_of_non_negative_data_starts_at_zero() -> None:
+    points = [SweepPoint(x, "zap-walk", {"k": 40.0 * x}) for x in (1, 16, 256)]
+    points += [SweepPoint(x, "generation", {"k": 0.0}) for x in (1, 16, 256)]
+    ax = sweep_figure(Sweep("s", "pages", tuple(points)), "k", "s.png", ylabel="k (µs)").figure.axes[0]
+    assert ax.get_yscale() == "symlog"
+    low, high = ax.get_ylim()
+    assert low == 0 and high > 40.0 * 256

@@ -348,7 +348,7 @@ def _vcpus(
             "stall_vs_vcpus.png",
             ylabel="vCPU stall per vCPU (µs)",
             scale=1e3,
-            title=f"{sweep.name}: stall per vCPU",
+            title=f"vCPU stall per vCPU vs vCPU count ({sweep.name.split(':')[0]})",
             conclusion="A flat line scales: each vCPU stalls as long with many siblings as alone. "
             "A rising line means vCPUs wait for each other (mmu_lock spin, or refaulting what an "
             "invalidation threw away).",
@@ -363,7 +363,7 @@ def _vcpus(
             "total_stall_vs_vcpus.png",
             ylabel="total vCPU stall, all vCPUs (ms)",
             scale=1e6,
-            title=f"{sweep.name}: total stall",
+            title=f"total vCPU stall vs vCPU count ({sweep.name.split(':')[0]})",
             conclusion="The whole guest's lost time: it grows with the vCPU count even when each "
             "vCPU's stall stays flat.",
         ),

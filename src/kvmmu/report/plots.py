@@ -169,6 +169,8 @@ def _apply_scale(ax: Axes, axis: str, values: Sequence[float]) -> str:
     if scale == "symlog":
         smallest = min(v for v in values if v > 0)
         setter("symlog", linthresh=10 ** math.floor(math.log10(smallest)), linscale=0.5)
+        if min(values) >= 0 and axis == "y":  # no negative decades below a zero bar or curve
+            ax.set_ylim(0, max(values) * 2)
     elif scale == "log":
         setter("log")
     if scale != "linear":
@@ -633,11 +635,16 @@ def bars_figure(
         _legend(fig, handles, [lab for _, lab in keys])
     parts = [conclusion] if conclusion else []
     for key, label in keys:
-        by_value: dict[float, list[str]] = {}
+        # Grouped as printed: bars that read the same are said once.
+        by_value: dict[str, tuple[float, list[str]]] = {}
         for n in names:
-            by_value.setdefault(float(data[n][key]), []).append(n)
-        if len(keys) > 1 or len(by_value) < len(names):
-            said = "; ".join(f"{_fmt(v)}{unit} for {_names(ns)}" for v, ns in sorted(by_value.items()))
+            v = float(data[n][key])
+            by_value.setdefault(_fmt(v), (v, []))[1].append(n)
+        if len(by_value) == 1 and len(names) > 1:
+            parts.append(f"{label}: {next(iter(by_value))}{unit} for every one of them.")
+        elif len(keys) > 1 or len(by_value) < len(names):
+            ordered = sorted(by_value.items(), key=lambda item: item[1][0])
+            said = "; ".join(f"{text}{unit} for {_names(ns)}" for text, (_, ns) in ordered)
             parts.append(f"{label}: {said}.")
     if yscale != "linear":
         parts.append("Logarithmic value axis: the values span more than a decade"

@@ -203,3 +203,64 @@ def test_event_count_is_exact() -> None:
     trace = run_schedule(engine, [[1, 2], [0], [3, 3, 3]])
     assert engine.events_processed == 3 + 6
     assert len(trace) == 9
+
+
+class ConstantTie:
+    """FIFO by insertion, but through the general heap (a tie-break the engine cannot skip)."""
+
+    def tiebreak(self, seq: int) -> int:
+        return 0
+
+
+def run_mixed(engine: Engine, plan: list[tuple[int, list[int]]]) -> list[tuple[int, str]]:
+    """Processes that sleep, wait on events others trigger, and schedule callbacks."""
+    trace: list[tuple[int, str]] = []
+    gates = [engine.event(f"g{i}") for i in range(len(plan))]
+
+    def proc(pid: int, kind: int, delays: list[int]) -> Generator[Any, Any, None]:
+        for step, delay in enumerate(delays):
+            trace.append((engine.now, f"p{pid}.{step}"))
+            if kind == 1 and step == 1:
+                yield gates[(pid + 1) % len(gates)]  # wait for a neighbour's gate
+            elif kind == 2 and step == 0:
+                engine.call_later(delay, lambda pid=pid: trace.append((engine.now, f"cb{pid}")))
+            yield delay
+        if not gates[pid].triggered:
+            gates[pid].succeed()
+        trace.append((engine.now, f"p{pid}.end"))
+
+    for pid, (kind, delays) in enumerate(plan):
+        engine.process(proc(pid, kind, delays), label=f"p{pid}")
+    engine.run()
+    return trace
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.integers(0, 4), max_size=5)),
+                min_size=1, max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_the_fifo_calendar_runs_exactly_what_the_general_heap_runs(
+        plan: list[tuple[int, list[int]]]) -> None:
+    calendar, heap = Engine(), Engine(ConstantTie())
+    assert run_mixed(calendar, plan) == run_mixed(heap, plan)
+    assert calendar.events_processed == heap.events_processed and calendar.now == heap.now
+
+
+def test_an_exception_mid_instant_leaves_the_rest_of_that_instant_due() -> None:
+    engine = Engine()
+    ran: list[str] = []
+
+    def boom() -> Generator[int, None, None]:
+        yield 1
+        raise RuntimeError("model bug")
+
+    def after() -> Generator[int, None, None]:
+        yield 1
+        ran.append(f"after at {engine.now}")
+
+    engine.process(boom())
+    engine.process(after())
+    with pytest.raises(RuntimeError, match="model bug"):
+        engine.run()
+    assert engine.peek() == 1 and engine.events_processed == 3
+    engine.run()
+    assert ran == ["after at 1"] and engine.events_processed == 4

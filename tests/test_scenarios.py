@@ -50,6 +50,13 @@ def test_each_example_declares_its_kind_and_loads_as_it(kind: str) -> None:
     assert load_any(path).kind == kind
 
 
+def test_every_example_file_loads_and_every_kind_has_one() -> None:
+    kinds = {load_any(p).kind for p in EXAMPLES.glob("*.toml")}
+    assert kinds == set(KINDS)
+    readme = (EXAMPLES / "README.md").read_text()
+    assert all(p.name in readme for p in EXAMPLES.glob("*.toml"))
+
+
 @pytest.mark.parametrize(
     ("data", "kind"),
     [
@@ -174,3 +181,15 @@ def test_check_explores_a_converted_workload() -> None:
     result = CliRunner().invoke(cli, ["check", "--scenario", "boot", "--random", "5", "--json"])
     assert result.exit_code == 0, result.output
     assert '"boot-interleaving"' in result.output
+
+
+def test_the_examples_run_under_their_native_commands(tmp_path: Path) -> None:
+    workload = str(EXAMPLES / "workload.toml")
+    run = CliRunner().invoke(
+        cli, ["run", workload, "--no-plots", "-s", "generation", "--out", str(tmp_path / "r")]
+    )
+    assert run.exit_code == 0, run.output
+    program = str(EXAMPLES / "interleaving.toml")
+    check = CliRunner().invoke(cli, ["check", "--scenario", program, "--random", "5"])
+    assert check.exit_code == 0, check.output
+    assert "mmio-becomes-ram" in check.output

@@ -229,10 +229,13 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _span(values: Sequence[float]) -> str:
-    """``"0.78"``, or ``"0.78 to 0.81"`` when the values differ at three significant figures."""
-    lo, hi = _fmt(min(values)), _fmt(max(values))
-    return lo if lo == hi else f"{lo} to {hi}"
+def _range_by(values: Mapping[str, float], unit: str = " µs") -> str:
+    """``"0.78 µs for every strategy"`` or ``"0.81 µs (generation) to 37.5 µs (zap-all-fast)"``."""
+    lo = min(values, key=lambda n: values[n])
+    hi = max(values, key=lambda n: values[n])
+    if _fmt(values[lo]) == _fmt(values[hi]):
+        return f"{_fmt(values[lo])}{unit} for every strategy"
+    return f"{_fmt(values[lo])}{unit} ({lo}) to {_fmt(values[hi])}{unit} ({hi})"
 
 
 def _finish(fig: Figure, name: str, title: str, caption: str, *, width_in: float) -> Plot:
@@ -341,9 +344,13 @@ def update_latency_figure(run: RunResult) -> Plot:
             f"simulated). Lowest median: {low} ({_fmt(medians[low])} µs); highest median: {high} "
             f"({_fmt(medians[high])} µs), {_fmt(medians[high] / max(medians[low], 1e-9))}× the "
             f"lowest. Slowest single update: {worst_name}, {_fmt(worst)} µs "
-            f"({_fmt(worst / max(medians[worst_name], 1e-9))}× its median): outliers far above a "
-            "box are rare updates that did much more work (a zap of everything, e.g. at the "
-            "generation wrap)."
+            f"({_fmt(worst / max(medians[worst_name], 1e-9))}× its median). Outliers far above a "
+            "box are rare updates that did much more work or waited long for mmu_lock"
+            + (
+                f"; {worst_name} crossed the generation wrap in this run, which zaps every MMIO SPTE."
+                if int(run.by_strategy(worst_name).summary()["generation_wraps"])
+                else "."
+            )
         )
     else:
         caption = "No memslot update changed anything in this run, so there is no latency to show."
@@ -405,8 +412,9 @@ def lock_and_faults_figure(run: RunResult) -> Plot:
         lo = min(final_hold, key=lambda n: final_hold[n])
         hi = max(final_hold, key=lambda n: final_hold[n])
         caption += (
-            f" At the end, mmu_lock was held {_fmt(final_hold[hi])} ms in total by {hi} and "
-            f"{_fmt(final_hold[lo])} ms by {lo}; a vertical step is one long hold (a zap)."
+            f" By the end of the simulated duration mmu_lock had been held {_fmt(final_hold[hi])} ms "
+            f"by {hi} and {_fmt(final_hold[lo])} ms by {lo} (the table's totals also count the "
+            "work that drains after it); a vertical step is one long hold (a zap)."
         )
         rlo = min(final_ref, key=lambda n: final_ref[n])
         rhi = max(final_ref, key=lambda n: final_ref[n])
@@ -487,7 +495,7 @@ def stall_figure(run: RunResult) -> Plot:
         worst = {n: q[-1] / 1e3 for n, q in quant.items()}
         w = max(worst, key=lambda n: worst[n])
         caption += (
-            f" Median stall {_span(list(median.values()))} µs for every strategy; 99.9th "
+            f" Median stall: {_range_by(median)}; 99.9th "
             f"percentile: {_fmt(p999[lo])} µs for {lo}, {_fmt(p999[hi])} µs for {hi}; longest "
             f"single stall {_fmt(worst[w])} µs ({w})."
         )

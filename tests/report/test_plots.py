@@ -213,3 +213,13 @@ def test_a_symmetric_log_axis_of_non_negative_data_starts_at_zero() -> None:
     assert ax.get_yscale() == "symlog"
     low, high = ax.get_ylim()
     assert low == 0 and high > 40.0 * 256
+
+
+def test_log_axes_label_plain_numbers_and_leave_room_above_the_data() -> None:
+    plot = sweep_figure(_sweep(), "lat", "s.png", ylabel="latency (µs)", scale=1e3)
+    ax = plot.figure.axes[0]
+    FigureCanvasAgg(plot.figure).draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("$" in t or "^" in t for t in labels)
+    assert "1,000" in labels
+    assert ax.get_ylim()[1] > 1024.0  # the highest marker is not cut by the frame

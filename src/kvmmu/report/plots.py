@@ -146,21 +146,30 @@ def value_scale(values: Sequence[float]) -> str:
     return "symlog" if any(v <= 0 for v in values) else "log"
 
 
-def _minor_tick(v: float, _pos: object = None) -> str:
-    """Label the 2s and 5s between decades (20, 50, 200...), leave the other minor ticks bare."""
-    if v <= 0:
-        return ""
-    mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
-    return f"{v:,.6g}" if mantissa in (2.0, 5.0) else ""
+def _minor_labeller(mantissas: tuple[float, ...]) -> Any:
+    """A tick formatter that labels minor ticks whose leading digit is in ``mantissas``."""
+
+    def label(v: float, _pos: object = None) -> str:
+        if v <= 0:
+            return ""
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6)
+        return f"{v:,.6g}" if mantissa in mantissas else ""
+
+    return label
 
 
-def _plain_ticks(ax: Axes, axis: str) -> None:
-    """Tick labels as plain numbers (20, 300, 4,000) instead of 2×10^1: read without arithmetic."""
+def _plain_ticks(ax: Axes, axis: str, values: Sequence[float]) -> None:
+    """Tick labels as plain numbers (20, 300, 4,000) instead of 2×10^1, read without arithmetic;
+    between decades the 2s and 5s are labelled, and the 3s too when the data spans two decades
+    or less (there are few major ticks then)."""
     from matplotlib.ticker import FuncFormatter
 
+    positive = [v for v in values if v > 0]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
-    target.set_minor_formatter(FuncFormatter(_minor_tick))
+    minor = (2.0, 3.0, 5.0) if decades <= 2 else (2.0, 5.0)
+    target.set_minor_formatter(FuncFormatter(_minor_labeller(minor)))
 
 
 def _apply_scale(ax: Axes, axis: str, values: Sequence[float]) -> str:
@@ -173,8 +182,10 @@ def _apply_scale(ax: Axes, axis: str, values: Sequence[float]) -> str:
             ax.set_ylim(0, max(values) * 2)
     elif scale == "log":
         setter("log")
+        if axis == "y":  # room above the highest marker (an outlier circle, a bar label)
+            ax.set_ylim(min(v for v in values if v > 0) / 1.5, max(values) * 1.5)
     if scale != "linear":
-        _plain_ticks(ax, axis)
+        _plain_ticks(ax, axis, values)
     return scale
 
 

@@ -31,5 +31,5 @@ def test_help_imports_neither_matplotlib_nor_dask_nor_the_kvm_bindings() -> None
 
 
 def test_a_subcommands_help_imports_none_of_them_either() -> None:
-    for command in ("run", "plot", "diff", "calibrate", "check", "capture", "validate"):
+    for command in ("run", "plot", "diff", "calibrate", "check", "capture", "replay", "validate"):
         assert modules_imported_by(command, "--help") == "[]", command

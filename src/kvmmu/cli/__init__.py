@@ -16,7 +16,9 @@ import click
 from kvmmu.errors import KvmError
 
 #: Subcommand modules, each defining ``command: click.Command``. Add one line per new command.
-COMMAND_MODULES: tuple[str, ...] = ("run", "diff", "calibrate", "plot", "check", "capture", "validate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "run", "diff", "calibrate", "plot", "check", "capture", "replay", "validate",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ from kvmmu.sim.workloads.guest import (
     prefault_device_gpas,
     prefault_gpas,
 )
+from kvmmu.sim.workloads.replay import RecordedWorkload
 from kvmmu.sim.workloads.schema import Scenario
 from kvmmu.sim.workloads.vmm import Region, VmmState, schedule
 from kvmmu.vcpu import Vcpu
@@ -93,6 +94,9 @@ class SimOptions:
     rule: OrderingRule | ChoosingRule | None = None
     #: VM keyword arguments (e.g. ``slot_zap="slot"``), passed through to :class:`kvmmu.vm.VM`.
     vm_options: dict[str, Any] = field(default_factory=dict)
+    #: A recorded run (``kvmmu replay``): its requests and accesses replace the scenario's
+    #: sampled streams; the scenario still names the run and sizes the guest.
+    workload: RecordedWorkload | None = None
 
 
 @dataclass(slots=True)
@@ -163,7 +167,8 @@ class _Sim:
     def setup(self) -> tuple[list[Vcpu], VmmState]:
         vm, sc = self.vm, self.scenario
         state = VmmState()
-        for region in state.initial(sc):
+        wl = self.opts.workload
+        for region in state.initial(sc) if wl is None else wl.initial():
             vm.set_user_memory_region(
                 region.slot, region.flags, region.guest_phys_addr, region.memory_size, region.userspace_addr
             )
@@ -296,7 +301,13 @@ class _Sim:
         c_guest = self.c_guest
         trace = self.trace
         stalls = self.stalls
-        for k, acc in enumerate(accesses(self.scenario, index, self.opts.seed)):
+        wl = self.opts.workload
+        stream = (
+            accesses(self.scenario, index, self.opts.seed)
+            if wl is None
+            else wl.access_stream(index, lambda: engine.now)
+        )
+        for k, acc in enumerate(stream):
             yield acc.think
             if engine.now >= duration:
                 return
@@ -322,29 +333,42 @@ class _Sim:
                 else:
                     self.refaults_ram += 1
 
+    def _plan(self, state: VmmState) -> Iterator[tuple[int, str, list[Region]]]:
+        """``(time, op, requests)`` for the VMM: the scenario's schedule, or a recorded run's.
+
+        A scenario's requests depend on what the model accepted so far, so each list is made
+        only when it is due (the generator is resumed after the previous one was carried out).
+        """
+        wl = self.opts.workload
+        if wl is not None:
+            yield from wl.plan()
+            return
+        for action in schedule(self.scenario, self.opts.seed):
+            yield action.time, action.op, state.requests(action)
+
     def vmm_proc(self, th: _Thread, state: VmmState) -> Generator[Any, Any, None]:
         engine = self.engine
-        for n, action in enumerate(schedule(self.scenario, self.opts.seed)):
-            if action.time >= self.duration:
+        for n, (due, op, requests) in enumerate(self._plan(state)):
+            if due >= self.duration:
                 return
-            if engine.now < action.time:
-                yield action.time - engine.now
-            for region in state.requests(action):
+            if engine.now < due:
+                yield due - engine.now
+            for region in requests:
                 t0 = engine.now
                 change = yield from self._update(th, region)
                 latency = engine.now - t0
                 if change is None:
                     self.updates.append(
-                        UpdateRecord(t0, action.op, region.slot, "error", latency, self._last_error, n)
+                        UpdateRecord(t0, op, region.slot, "error", latency, self._last_error, n)
                     )
                     continue
                 state.accepted(region)
-                self.updates.append(UpdateRecord(t0, action.op, region.slot, change, latency, action=n))
+                self.updates.append(UpdateRecord(t0, op, region.slot, change, latency, action=n))
                 if t0 < self.duration:
                     self.s_updates[t0 // self.bin_ns] += 1
                 if self.trace:
                     kind = "delete" if region.is_delete else change
-                    self._span(th, f"{action.op}: {kind} slot {region.slot}", "memslot", t0, latency)
+                    self._span(th, f"{op}: {kind} slot {region.slot}", "memslot", t0, latency)
 
     def _update(self, th: _Thread, region: Region) -> Generator[Any, Any, str | None]:
         yield self.c_ioctl

@@ -169,11 +169,17 @@ def test_lock_and_fault_curves_are_running_totals(small_run: RunResult) -> None:
     plot = lock_and_faults_figure(small_run)
     top, bottom = plot.figure.axes
     assert "(ms)" in top.get_ylabel() and "(ms)" in bottom.get_xlabel()
-    for line, r in zip(bottom.get_lines(), small_run.strategies, strict=True):
+    curves = [ln for ln in bottom.get_lines() if ln.get_label() != "memslot updates (ticks)"]
+    for line, r in zip(curves, small_run.strategies, strict=True):
         ys = list(line.get_ydata())
         assert ys == sorted(ys) and ys[-1] == sum(r.series.refaults)
-    for line, r in zip(top.get_lines(), small_run.strategies, strict=True):
+    rug = [ln for ln in top.get_lines() if ln.get_label() == "memslot updates (ticks)"]
+    held = [ln for ln in top.get_lines() if ln not in rug]
+    for line, r in zip(held, small_run.strategies, strict=True):
         assert line.get_ydata()[-1] == pytest.approx(sum(r.series.lock_hold_ns) / 1e6)
+    bins_with_updates = sum(1 for n in small_run.strategies[0].series.updates if n)
+    assert len(rug) == 1 and len(rug[0].get_xdata()) == bins_with_updates > 0
+    assert "memslot updates (ticks)" in _legend_texts(plot.figure)
 
 
 def test_every_strategy_has_its_own_colour_marker_and_line_style() -> None:

@@ -406,6 +406,16 @@ def lock_and_faults_figure(run: RunResult) -> Plot:
                         **_stagger(n, groups_hold, len(xs[n])))
         bottom.plot(xs[n], refaults[n], lw=1.4, ms=5, **st.line(), **_stagger(n, groups_ref, len(xs[n])))
         handles.append(h)
+    if run.strategies:
+        # When the VMM changed memslots (the same schedule for every strategy): a rug of ticks
+        # along the bottom of each panel, so a step in a curve can be matched to its cause.
+        s0 = run.strategies[0].series
+        when = [(i + 0.5) * s0.bin_ns / 1e6 for i, n in enumerate(s0.updates) if n]
+        for ax in (top, bottom):
+            (rug,) = ax.plot(when, [0.03] * len(when), ls="none", marker="|", ms=9, color="#777",
+                             transform=ax.get_xaxis_transform(), label="memslot updates (ticks)")
+        if when:
+            handles.append(rug)
     top.set_ylabel("mmu_lock held so far (ms)")
     title = f"{run.scenario}: mmu_lock hold and refaults over time (running totals)"
     top.set_title(title, fontsize=10)

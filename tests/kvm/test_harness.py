@@ -95,3 +95,23 @@ def test_faulting_guest_shuts_down_and_is_torn_down(no_fd_leak: None) -> None:
 def test_too_many_vcpus_is_refused(no_fd_leak: None) -> None:
     with pytest.raises(ValueError, match="KVM_CAP_NR_VCPUS"):
         RealMachine(GuestLayout(nr_vcpus=16))
+
+
+
+def test_a_write_touch_stores_into_every_page_and_takes_faults(no_fd_leak: None) -> None:
+    pages = 64
+    with RealMachine(GuestLayout(window=4 << 20)) as m:
+        mem = m.allocate(pages * 4096)
+        mem.write(0, b"\xaa" * (pages * 4096))
+        m.set_user_memory_region(0, 0, GPA, pages * 4096, mem.addr)
+        m.touch(0, GPA, pages)  # a read touch leaves memory alone
+        assert {mem.read(p * 4096, 1) for p in range(pages)} == {b"\xaa"}
+        m.set_user_memory_region(0, 0, GPA, 0, mem.addr)  # delete: the next touch faults afresh
+        m.set_user_memory_region(0, 0, GPA, pages * 4096, mem.addr)
+        stats = m.vcpus[0].stats()
+        before = stats.get("pf_taken")
+        m.touch(0, GPA, pages, write=True)
+        assert stats.get("pf_taken") > before
+        # The stored byte is the stride's low byte: 0 for a page stride.
+        assert {mem.read(p * 4096, 1) for p in range(pages)} == {b"\x00"}
+        assert mem.read(1, 1) == b"\xaa"

@@ -126,9 +126,10 @@ def _populate(addr: int, size: int) -> None:
 
 
 def measure_first_touch(
-    pages: int, runs: int, progress: Progress | None = None
+    pages: int, runs: int, progress: Progress | None = None, write: bool = False
 ) -> tuple[Figure, int]:
-    """ns per first-touch fault, and the ``pf_taken`` delta of the last run."""
+    """ns per first-touch fault (reads, or writes with ``write``), and the last run's
+    ``pf_taken`` delta."""
     samples: list[float] = []
     pf = 0
     layout = GuestLayout(window=max(64 << 20, 2 * pages * PAGE + (2 << 20)))
@@ -139,9 +140,9 @@ def measure_first_touch(
         for _ in range(runs):
             m.set_user_memory_region(0, 0, 0, mem.size, mem.addr)
             before = stats.get("pf_taken")
-            cold = m.touch(0, 0, pages)
+            cold = m.touch(0, 0, pages, write=write)
             pf = stats.get("pf_taken") - before
-            warm = m.touch(0, 0, pages)
+            warm = m.touch(0, 0, pages, write=write)
             samples.append((cold.elapsed_ns - warm.elapsed_ns) / pages)
             m.set_user_memory_region(0, 0, 0, 0, 0)  # delete: the next run faults afresh
             if progress:

@@ -75,12 +75,14 @@ class MailboxField(IntEnum):
 class Op(IntEnum):
     """A mailbox command. Reads and writes by size; HANG spins forever (timeout tests); TOUCH
     reads one byte at ``gpa``, ``gpa + stride``, ... ``value`` times with no exit in between
-    (first-touch faults and MMIO exit loops for ``kvmmu calibrate``)."""
+    (first-touch faults and MMIO exit loops for ``kvmmu calibrate``); TOUCH_WRITE stores one
+    byte at each instead, the stride's low byte (first-touch write faults)."""
 
     READ1, READ2, READ4, READ8 = 0, 1, 2, 3
     WRITE1, WRITE2, WRITE4, WRITE8 = 4, 5, 6, 7
     HANG = 8
     TOUCH = 9
+    TOUCH_WRITE = 10
 
     @staticmethod
     def access(write: bool, size: int) -> Op:
@@ -218,14 +220,20 @@ def build_program() -> Asm:
         if op == Op.HANG:
             a.jmp(hang)
             continue
-        if op == Op.TOUCH:
+        if op in (Op.TOUCH, Op.TOUCH_WRITE):
             # rax = count, rbx = address, r14 = stride: while (rax--) { (u8)[rbx]; rbx += r14; }
+            # TOUCH_WRITE stores instead: (u8)[rbx] = dl, the stride's low byte (0 for pages).
             loop = a.label()
             a.mov_r64_m(R.R14, mbox, MailboxField.STRIDE)
             a.test_r64_r64(R.RAX, R.RAX)
             a.jz(done)
+            if op == Op.TOUCH_WRITE:
+                a.mov_r64_r64(R.RDX, R.R14)
             a.bind(loop)
-            a.load(1, R.RDX, R.RBX)
+            if op == Op.TOUCH_WRITE:
+                a.store(1, R.RBX, R.RDX)
+            else:
+                a.load(1, R.RDX, R.RBX)
             a.add_r64_r64(R.RBX, R.R14)
             a.dec_r64(R.RAX)
             a.jne(loop)

@@ -263,10 +263,12 @@ class RealMachine:
         op = Op.access(a.write, a.size)
         self._write_command(a.vcpu, op, a.gpa, a.value)
 
-    def touch(self, vcpu: int, gpa: int, count: int, stride: int = 4096) -> RealOutcome:
-        """Read one byte at ``count`` addresses ``stride`` apart in one step (no exit between)."""
+    def touch(self, vcpu: int, gpa: int, count: int, stride: int = 4096,
+              write: bool = False) -> RealOutcome:
+        """Read (or write) one byte at ``count`` addresses ``stride`` apart in one step (no exit
+        between)."""
         self.harness.write_u64(self.layout.mailbox_offset(vcpu) + MailboxField.STRIDE, stride)
-        self._write_command(vcpu, Op.TOUCH, gpa, count)
+        self._write_command(vcpu, Op.TOUCH_WRITE if write else Op.TOUCH, gpa, count)
         return self.wait(vcpu)
 
     def post_hang(self, vcpu: int) -> None:

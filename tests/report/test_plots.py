@@ -229,3 +229,18 @@ def test_log_axes_label_plain_numbers_and_leave_room_above_the_data() -> None:
     assert labels and not any("$" in t or "^" in t for t in labels)
     assert "1,000" in labels
     assert ax.get_ylim()[1] > 1024.0  # the highest marker is not cut by the frame
+
+
+def test_a_run_without_memslot_updates_still_draws_and_says_so(tmp_path: Path) -> None:
+    from kvmmu.sim.costs import default_costs
+    from kvmmu.sim.run import SimOptions, simulate_all
+    from kvmmu.sim.workloads.schema import scenario_from_dict
+
+    sc = scenario_from_dict(
+        {"name": "idle", "description": "no VMM", "duration": "100us",
+         "guest": {"vcpus": 1, "memory": "8MiB"}, "vcpu": {"working_set": "1MiB"}}
+    )
+    run = simulate_all(sc, ["generation"], default_costs(), SimOptions(seed=1))
+    plots = plot_run(run, tmp_path)
+    assert "No memslot update" in plots[0].caption
+    assert all((tmp_path / p.name).read_bytes()[:8] == PNG for p in plots)

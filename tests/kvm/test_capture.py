@@ -235,3 +235,19 @@ def test_capturing_a_real_qemu_post_records_memslots_and_its_own_kernel_trace(
     for z in (e for e in cap.events if e.event == "kvm_mmu_zap_all_fast"):
         assert any(c.tid == z.tid and cap.window(c)[0] <= z.t_ns <= cap.window(c)[1] for c in cap.memslots)
     assert not any(name.startswith(ours) for name in tracefs.snapshot().instances)
+
+
+@pytest.mark.kvm
+def test_a_failing_command_leaves_its_capture_and_its_exit_status_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed (apt-get install strace)")
+    ours = f"kvmmu-{os.getpid()}-"
+    with pytest.raises(SystemExit) as exc:
+        main(["capture", "--out", str(tmp_path / "f"), "--", "sh", "-c", "exit 3"])
+    assert exc.value.code == 1
+    assert "sh exited with status 3" in capsys.readouterr().err
+    cap = load_capture(tmp_path / "f")
+    assert cap.meta.exit_code == 3 and cap.memslots == ()
+    assert not any(name.startswith(ours) for name in tracefs.snapshot().instances)

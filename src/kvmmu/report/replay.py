@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmmu.mmu.invalidation import STRATEGIES
+from kvmmu.mmu.invalidation import resolve_strategy
 from kvmmu.sim.results import RunResult, StrategyResult
 
 
@@ -83,11 +83,28 @@ def verdict(run: RunResult) -> Verdict:
     """Rank ``run``'s strategies by what the churn cost (ioctls + vCPU stall) and explain."""
     costs = sorted((cost_of(r) for r in run.strategies), key=lambda c: (c.total_ns, c.update_ns, c.strategy))
     best = costs[0]
-    desc = STRATEGIES[best.strategy].summary if best.strategy in STRATEGIES else best.strategy
-    lines = [
-        f"cheapest: {best.strategy} ({desc}): {_us(best.update_ns)} in {best.updates} memslot ioctls "
-        f"+ {_us(best.stall_ns)} of vCPU stall",
+    # A tie: the same work, and a total within 0.1 % (the step costs of the protocols differ).
+    tied = [
+        c for c in costs[1:] if c.work == best.work and c.total_ns - best.total_ns <= best.total_ns // 1000
     ]
+    tie = (
+        f"; tied with {', '.join(c.strategy for c in tied)} (the same work, "
+        f"within {_us(max(c.total_ns for c in tied) - best.total_ns)})"
+        if tied
+        else ""
+    )
+    lines = [
+        f"cheapest: {best.strategy} ({_summary(best.strategy)}): {_us(best.update_ns)} in {best.updates} "
+        f"memslot ioctls + {_us(best.stall_ns)} of vCPU stall{tie}",
+    ]
+    if run.params.get("slot_zap") == "all" and run.strategies:
+        ops = [u.op for u in run.strategies[0].updates if u.change != "error"]
+        deletes = sum(1 for op in ops if op == "delete")
+        lines.append(
+            f"with the zap-all quirk each of the {deletes} deletes zaps every shadow page under every "
+            f"strategy; the strategies differ on the other {len(ops) - deletes} changes and in what "
+            "the vCPUs pay afterwards"
+        )
     # Work every strategy did alike is not why one is cheaper: say so once.
     common = [
         f"{best.work[key]:,} {label}"
@@ -102,12 +119,20 @@ def verdict(run: RunResult) -> Verdict:
             for key, label in WORK
             if c.work[key] != best.work[key]
         ]
-        what = STRATEGIES[c.strategy].summary if c.strategy in STRATEGIES else ""
+        what = _summary(c.strategy)
         because = f"; {', '.join(diffs)}" if diffs else "; the same work, other step costs"
         extra = _us(c.total_ns - best.total_ns)
         split = f"ioctls {_signed(c.update_ns - best.update_ns)}, vCPUs {_signed(c.stall_ns - best.stall_ns)}"
         lines.append(f"{c.strategy}: +{extra} ({split}){because}" + (f" [{what}]" if what else ""))
     return Verdict(tuple(costs), tuple(lines))
+
+
+def _summary(name: str) -> str:
+    """The strategy's own one-line description (names and aliases alike)."""
+    try:
+        return resolve_strategy(name).summary
+    except (KeyError, ValueError):
+        return ""
 
 
 def _signed(ns: int) -> str:

@@ -193,3 +193,11 @@ def test_the_examples_run_under_their_native_commands(tmp_path: Path) -> None:
     check = CliRunner().invoke(cli, ["check", "--scenario", program, "--random", "5"])
     assert check.exit_code == 0, check.output
     assert "mmio-becomes-ram" in check.output
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_embedded_workloads_say_what_they_are(name: str) -> None:
+    from importlib import resources
+
+    text = resources.files("kvmmu").joinpath("data", "scenarios", f"{name}.toml").read_text()
+    assert text.startswith('kind = "workload"\n')

@@ -44,7 +44,7 @@ def vm() -> VM:
     ((1, 0, 0x400000, 0x1800, HVA), "EINVAL"),  # size not aligned
     ((1, 0, 0x400000, 0x1000, HVA + 0x10), "EINVAL"),  # userspace address not aligned
     ((32764, 0, 0x400000, 0x1000, HVA), "EINVAL"),  # slot id >= KVM_CAP_NR_MEMSLOTS
-    ((1 << 16 | 1, 0, 0x400000, 0x1000, HVA), "EINVAL"),  # address space 1 with one space
+    ((2 << 16 | 1, 0, 0x400000, 0x1000, HVA), "EINVAL"),  # address space 2: x86 has two
     ((1, 0, 0xFFFF_FFFF_FFFF_F000, 0x2000, HVA), "EINVAL"),  # gpa + size wraps past 2^64
     ((1, 0, 1 << 52, 0x1000, HVA), "EINVAL"),  # beyond the guest physical width
     ((7, 0, 0x400000, 0, HVA), "EINVAL"),  # delete a slot that does not exist
@@ -93,11 +93,16 @@ def test_a_second_address_space_keeps_its_own_slots_and_generation() -> None:
 
 
 @pytest.mark.parametrize(("strategy", "steps"), [
-    ("generation-2013", {Change.CREATE: 1, Change.FLAGS_ONLY: 1, Change.MOVE: 2,
+    ("generation-3.11", {Change.CREATE: 1, Change.FLAGS_ONLY: 1, Change.MOVE: 2,
                          Change.DELETE: 2}),
-    ("generation-2014", {Change.CREATE: 2, Change.FLAGS_ONLY: 2, Change.MOVE: 4,
+    ("generation-3.18", {Change.CREATE: 2, Change.FLAGS_ONLY: 2, Change.MOVE: 4,
                          Change.DELETE: 4}),
-    ("generation", {Change.CREATE: 1, Change.FLAGS_ONLY: 1, Change.MOVE: 2, Change.DELETE: 2}),
+    ("generation-4.2", {Change.CREATE: 2, Change.FLAGS_ONLY: 2, Change.MOVE: 4,
+                        Change.DELETE: 4}),  # v4.4.121: +1, ++ in each address space
+    ("generation-4.19", {Change.CREATE: 4, Change.FLAGS_ONLY: 4, Change.MOVE: 8,
+                         Change.DELETE: 8}),  # v4.19: +1, += KVM_ADDRESS_SPACE_NUM * 2 - 1
+    ("generation", {Change.CREATE: 2, Change.FLAGS_ONLY: 2, Change.MOVE: 4,
+                    Change.DELETE: 4}),  # 5.1+: += KVM_ADDRESS_SPACE_NUM (2 with SMM)
 ])
 def test_the_generation_steps_as_the_era_did(strategy: str, steps: dict[Change, int]) -> None:
     vm = VM(strategy, start_near_wrap=False)
@@ -129,17 +134,17 @@ def test_modern_updates_publish_with_the_in_progress_flag_set() -> None:
     vm = VM("generation")
     seen = published_generations(vm, 0, 0, 0, 0x1000, HVA)
     assert seen == [KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS | 0]
-    assert vm.generation == 1
+    assert vm.generation == 2  # two address spaces (SMM): steps of 2
 
 
 def test_2014_updates_publish_an_odd_generation_then_step_again() -> None:
-    vm = VM("generation-2014", start_near_wrap=False)
+    vm = VM("generation-3.18", start_near_wrap=False)
     assert published_generations(vm, 0, 0, 0, 0x1000, HVA) == [1]
     assert vm.generation == 2
 
 
 def test_2013_updates_publish_the_final_generation_at_once() -> None:
-    vm = VM("generation-2013", start_near_wrap=False)
+    vm = VM("generation-3.11", start_near_wrap=False)
     assert published_generations(vm, 0, 0, 0, 0x1000, HVA) == [1]
     assert vm.generation == 1
 
@@ -157,10 +162,17 @@ def test_delete_publishes_the_slot_marked_invalid_first() -> None:
 
 
 def test_start_near_wrap_starts_150_below() -> None:
-    assert VM("generation-2013").generation == (1 << 19) - 150
-    assert VM("generation-2014").generation == (1 << 20) - 150
+    """v3.11 kvm_current_mmio_generation(): (0 + MMIO_MAX_GEN - 150) & MMIO_GEN_MASK = 0x7FF69;
+    v3.18 kvm_create_vm(): generation = -150 (20 bits); 5.1 removed the hack ("KVM: Remove the
+    hack to trigger memslot generation wraparound"); v4.19: i * 2 - 150 per address space."""
+    assert VM("generation-3.11").generation == 0x7FF69 == (1 << 19) - 1 - 150
+    assert VM("generation-3.18").generation == (1 << 20) - 150
     assert VM("generation").generation == 0
     assert VM("generation", start_near_wrap=True).generation == (1 << 19) - 150
+    v419 = VM("generation-4.19")
+    assert [m.generation for m in v419.kvm.memslots.active] == [(1 << 20) - 150, (1 << 20) - 148]
+    v42 = VM("generation-4.2")  # v4.4.121: every address space at -150
+    assert [m.generation for m in v42.kvm.memslots.active] == [(1 << 20) - 150] * 2
 
 
 def test_a_reader_keeps_the_snapshot_it_took() -> None:

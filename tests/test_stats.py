@@ -14,8 +14,8 @@ def test_work_measures_sum_the_kvm_counters() -> None:
     assert shadow_pages_walked({}) == lock_work({}) == 0
 
 
-def test_a_zap_walk_update_counts_every_page_it_walked() -> None:
-    vm = VM("zap-walk")
+def test_a_3_10_update_counts_every_page_it_walked() -> None:
+    vm = VM("zap-mmio-3.10")
     vm.set_user_memory_region(0, 0, 0, 4 << 20, 0x7F00_0000_0000)
     vcpu = vm.create_vcpu()
     vcpu.access(0x1000)

@@ -70,6 +70,10 @@ def test_a_zap_all_fast_fires_once_and_each_freed_page_fires_prepare_zap() -> No
     assert events.count("kvm_mmu_zap_all_fast") == 1
     assert events.count("kvm_mmu_prepare_zap_page") == pages == 5
     zap = next(r for r in vm.kvm.trace.records if r.event == "kvm_mmu_zap_all_fast")
-    assert zap.text == "kvm-mmu-valid-gen 1 used_pages 5"
+    # The tracepoint fires before the toggle: it prints the generation being retired (current
+    # arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast(): trace_kvm_mmu_zap_all_fast(kvm), then
+    # "kvm->arch.mmu_valid_gen = kvm->arch.mmu_valid_gen ? 0 : 1").
+    assert zap.text == "kvm-mmu-valid-gen 0 used_pages 5"
+    assert vm.kvm.mmu.mmu_valid_gen == 1
     assert all(r.text.startswith("sp gen 0 ") for r in vm.kvm.trace.records
                if r.event == "kvm_mmu_prepare_zap_page")  # the obsolete generation

@@ -19,11 +19,16 @@ write protection, the MMIO wrap check) is delegated to :class:`ArchHooks`, as th
 
 Generations step as the selected era did (design note sections 2 and 4):
 
-* ``2013`` (3.11): +1 per publish, the new value travels with the new snapshot.
-* ``2014``: the published snapshot carries ``old + 1`` (odd: update in progress) and gets ``+1``
-  again after ``synchronize_srcu``.
-* ``modern``: the published snapshot carries ``old | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS`` (bit 63);
-  after the grace period ``kvm_arch_memslots_updated(old + nr_as)`` runs, then the field is written.
+* ``2013`` (up to 3.16, ``install_new_memslots()``): +1 per publish, the new value travels with the
+  new snapshot.  The MMIO generation of 3.11 is ``(generation + MMIO_MAX_GEN - 150) &
+  MMIO_GEN_MASK``; the model keeps that value itself in ``generation`` (0x7FF69 before any update).
+* ``2014`` (3.17 - 4.1, ee3d1570b584): the published snapshot carries ``old + 1`` (odd: update in
+  progress) and gets ``+1`` again after ``synchronize_srcu``; ``kvm_create_vm()`` starts it at -150.
+* ``2015`` (4.2 - 5.0, f481b069e674): as 2014, but the second step is ``+= 2 * nr_as - 1`` and
+  address space ``i`` starts at ``i * 2 - 150``, so the spaces never share a generation.
+* ``modern`` (5.1+, 164bf7e56c5a): the published snapshot carries ``old |
+  KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS`` (bit 63); after the grace period
+  ``kvm_arch_memslots_updated(old + nr_as)`` runs, then the field is written.
 """
 
 from __future__ import annotations
@@ -51,7 +56,10 @@ TASK_SIZE_MAX: Final = (1 << 47) - PAGE_SIZE
 KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS: Final = 1 << 63
 U64_MASK: Final = (1 << 64) - 1
 HPAGE_GFNS: Final = 512  # 2 MiB / 4 KiB
-ERAS: Final = ("2013", "2014", "modern")
+ERAS: Final = ("2013", "2014", "2015", "modern")
+#: The APIC access page's private memslot (``APIC_ACCESS_PAGE_PRIVATE_MEMSLOT``) on VMX hosts with
+#: an in-kernel LAPIC: one page at ``APIC_DEFAULT_PHYS_BASE`` in address space 0.
+APIC_ACCESS_GFN: Final = 0xFEE00
 
 
 class Change(Enum):
@@ -251,10 +259,14 @@ class MemslotPlan:
     as_id: int
     old: Memslot | None
     new: Memslot | None
+    #: A MOVE that ``kvm_arch_prepare_memory_region()`` refuses only after the slot was published
+    #: invalid and flushed (6.x ``kvm_set_memslot()``): the error comes with those side effects.
+    prepare_error: KvmError | None = None
 
 
 def plan_memory_region(request: MemoryRegionRequest, state: MemslotState, *, phys_bits: int,
-                       nr_memslots: int = KVM_USER_MEM_SLOTS) -> MemslotPlan:
+                       nr_memslots: int = KVM_USER_MEM_SLOTS, max_gfn_check: bool = True,
+                       apic_access_page: bool = False) -> MemslotPlan:
     """Classify ``request`` or refuse it, in the order ``__kvm_set_memory_region()`` checks.
 
     Every refusal is EINVAL except an overlap (EEXIST), which the kernel tests after all the
@@ -319,9 +331,20 @@ def plan_memory_region(request: MemoryRegionRequest, state: MemslotState, *, phy
             raise KvmError("EEXIST", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} overlaps "
                            f"slot {other.id} at gpa {other.base_gfn << PAGE_SHIFT:#x}"
                            f"+{other.npages << PAGE_SHIFT:#x}")
-        if (base_gfn + npages - 1) > (1 << (phys_bits - PAGE_SHIFT)) - 1:
-            raise KvmError("EINVAL", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} is beyond "
-                           f"the {phys_bits}-bit guest physical address width")
+        if (apic_access_page and r.as_id == 0
+                and base_gfn <= APIC_ACCESS_GFN < base_gfn + npages):
+            # The private slot is a memslot like the others: kvm_check_memslot_overlap() sees it.
+            raise KvmError("EEXIST", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} overlaps "
+                           "the APIC access page's private slot at gpa 0xfee00000")
+        if max_gfn_check and (base_gfn + npages - 1) > (1 << (phys_bits - PAGE_SHIFT)) - 1:
+            error = KvmError("EINVAL", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} is beyond "
+                             f"the {phys_bits}-bit guest physical address width")
+            if change is not Change.MOVE:
+                raise error
+            # A MOVE is invalidated (published invalid, flushed) before arch prepare runs; the
+            # failure then restores the old slot (v6.1 kvm_set_memslot(): kvm_invalidate_memslot,
+            # kvm_prepare_memory_region fails, kvm_activate_memslot(kvm, invalid_slot, old)).
+            return MemslotPlan(change, r.as_id, old, old, prepare_error=error)
     bitmap: bytearray | None = None
     if r.flags & KVM_MEM_LOG_DIRTY_PAGES:
         bitmap = old.dirty_bitmap if old is not None and old.dirty_bitmap is not None \
@@ -332,14 +355,27 @@ def plan_memory_region(request: MemoryRegionRequest, state: MemslotState, *, phy
 
 
 def initial_generation(era: str, as_id: int, *, gen_mask: int, start_below_wrap: int | None) -> int:
-    """The generation a fresh VM's memslots start at (2014 kernels: -150; modern: ``as_id``)."""
+    """The generation a fresh VM's memslots start at, as ``kvm_create_vm()`` of the era set it.
+
+    ``start_below_wrap`` is the era's "150 below the wrap" (None: start at the bottom):
+
+    * 2013 (3.11): the MMIO generation is ``MMIO_MAX_GEN - 150 = 0x7FF69`` before any update
+      (``kvm_current_mmio_generation()``), kept here directly;
+    * 2014 (3.17+): ``slots->generation = -150`` (even);
+    * 2015 (4.2+): ``slots->generation = i * 2 - 150`` for address space ``i``;
+    * modern (5.1+): ``slots->generation = i``; "150 below" is the model's option, rounded so
+      that the spaces keep their residues.
+    """
     if start_below_wrap is None:
-        return as_id
-    # Round to even: 2014 generations are even between updates, modern ones step by nr_as (<= 2).
+        return {"modern": as_id, "2015": 2 * as_id}.get(era, 0)
+    if era == "2013":
+        return (gen_mask - start_below_wrap) & gen_mask
     start = ((gen_mask + 1 - start_below_wrap) & gen_mask) & ~1
-    if era == "modern":
-        return start + as_id
-    return start
+    if era == "2014":
+        return start
+    if era == "2015":
+        return (start + 2 * as_id) & gen_mask
+    return start + as_id
 
 
 class ArchHooks(Protocol):
@@ -417,7 +453,7 @@ def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
     era = state.era
     if era == "2013":
         new = Memslots(as_id, by_id, old_gen + 1)
-    elif era == "2014":
+    elif era in ("2014", "2015"):
         new = Memslots(as_id, by_id, old_gen + 1)  # odd: disables caching until the second step
     else:
         new = Memslots(as_id, by_id, old_gen | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
@@ -426,9 +462,11 @@ def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
     yield from srcu.synchronize()
     if era == "2013":
         yield from arch.memslots_updated(as_id, new.generation)
-    elif era == "2014":
+    elif era in ("2014", "2015"):
         yield Step.WRITE_GENERATION
-        new.generation += 1
+        # 2014: + 1; 2015: += KVM_ADDRESS_SPACE_NUM * 2 - 1 ("the generation space is evenly
+        # split across address spaces").
+        new.generation += 1 if era == "2014" else 2 * state.nr_as - 1
         yield from arch.memslots_updated(as_id, new.generation)
     else:
         gen = (new.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + state.nr_as
@@ -453,6 +491,10 @@ def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: Me
                                              state.active[as_id].with_slot(invalid))
             # From here no vCPU can create SPTEs for the old slot: faults on it retry.
             yield from arch.flush_shadow_memslot(plan.old)
+            if plan.prepare_error is not None:
+                yield from _swap_active_memslots(state, arch, srcu, as_id,
+                                                 state.active[as_id].with_slot(plan.old))
+                raise plan.prepare_error
         if plan.new is None:
             assert plan.old is not None
             by_id = state.active[as_id].without_slot(plan.old.id)

@@ -59,6 +59,8 @@ def expected(slots: Memslots, gpa: int, write: bool) -> str:
 
 def consistent(slots: Memslots, out: Outcome) -> bool:
     """Whether ``out`` is an answer the memslots ``slots`` allow."""
+    if out.kind is AccessKind.UNKNOWN:
+        return False  # KVM_EXIT_UNKNOWN is never a right answer (RET_MMIO_PF_BUG)
     gfn = out.gpa >> PAGE_SHIFT
     slot = slots.lookup(gfn)
     is_ram = out.kind is AccessKind.RAM
@@ -106,7 +108,9 @@ class Oracle:
                 return
         current = candidates[-1]
         codec = self.kvm.mmu.codec
-        if out.kind is AccessKind.MMIO:
+        if out.kind is AccessKind.UNKNOWN:
+            kind, spte = "exit-unknown", " (RET_MMIO_PF_BUG: the SPTE was no longer MMIO)"
+        elif out.kind is AccessKind.MMIO:
             kind = "stale-mmio"
             spte = (f"; SPTE {out.spte:#x} with spte-gen {codec.generation(out.spte):#x}"
                     if out.spte and codec.is_mmio(out.spte) else "")

@@ -47,13 +47,16 @@ def _check_arguments(strategy: object, address_spaces: object, phys_bits: object
         raise TypeError(f"strategy must be a strategy name (str) or a Strategy, not {strategy!r}")
     for name, value in (("address_spaces", address_spaces), ("phys_bits", phys_bits),
                         ("maxphyaddr", maxphyaddr), ("nr_memslots", nr_memslots)):
+        if value is None and name != "maxphyaddr":
+            continue  # None: the kernel's default (the strategy's profile)
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an int, not {value!r}")
-    if address_spaces not in (1, 2):
+    if address_spaces is not None and address_spaces not in (1, 2):
         raise ValueError(f"address_spaces must be 1, or 2 with SMM, not {address_spaces}")
     if not isinstance(maxphyaddr, int) or not 32 <= maxphyaddr <= 52:
         raise ValueError(f"maxphyaddr must be 32..52, not {maxphyaddr}")
-    if not isinstance(nr_memslots, int) or not 1 <= nr_memslots <= KVM_USER_MEM_SLOTS:
+    if nr_memslots is not None and (not isinstance(nr_memslots, int)
+                                    or not 1 <= nr_memslots <= KVM_USER_MEM_SLOTS):
         raise ValueError(f"nr_memslots must be 1..{KVM_USER_MEM_SLOTS} (KVM_USER_MEM_SLOTS), "
                          f"not {nr_memslots}")
     if start_near_wrap is not None and not isinstance(start_near_wrap, bool):
@@ -76,27 +79,38 @@ class VM:
     """A model VM.
 
     Parameters: ``strategy`` (a name from ``STRATEGIES``, optionally ``+variant``); ``layout``
-    (``"2013"``, ``"2014"``, ``"modern"``; default: the strategy's era); ``address_spaces`` (1, or 2
-    with SMM); ``oracle`` (check every access) and ``strict`` (raise on the first violation);
-    ``phys_bits`` (guest physical address width, ``kvm_mmu_max_gfn``: 52 with shadow paging as on
-    this project's machines); ``mmu`` (``"ept"`` or ``"shadow"``: which MMIO marker) and
-    ``maxphyaddr`` (host, for the shadow marker); ``slot_zap`` (``"all"``: the default
-    ``KVM_X86_QUIRK_SLOT_ZAP_ALL``; ``"slot"``: quirk disabled); ``large_pages`` (2 MiB leaves);
+    (``"2013"``, ``"2014"``, ``"modern"``; default: the strategy's); ``address_spaces`` (1, or 2
+    with SMM; default: the kernel's, i.e. 2 from 4.2 on, 1 before); ``oracle`` (check every
+    access) and ``strict`` (raise on the first violation); ``phys_bits`` (guest physical address
+    width, ``kvm_mmu_max_gfn()``: the host MAXPHYADDR under EPT/NPT, 52 with shadow paging as on
+    this project's machines; default: derived from ``mmu``); ``mmu`` (``"ept"`` or ``"shadow"``:
+    which MMIO marker) and ``maxphyaddr`` (host); ``slot_zap`` (what DELETE/MOVE zap; default: the
+    kernel's, e.g. ``"all"`` for ``KVM_X86_QUIRK_SLOT_ZAP_ALL``; ``"slot"``: quirk disabled);
+    ``nr_memslots`` (default: the kernel's ``KVM_USER_MEM_SLOTS``); ``apic_access_page`` (a VMX
+    host with an in-kernel LAPIC: a slot over 0xFEE00000 gets EEXIST); ``large_pages`` (2 MiB leaves);
     ``start_near_wrap`` (True: 150 below the wrap; an int: that far below; default: as the era did,
     i.e. 2013/2014 yes, modern no); ``mmio_gen_bits`` (compare fewer generation bits, so that an
     explorer reaches the wrap quickly); ``mmio_caching`` (``kvm.mmio_caching``); ``trace``.
     """
 
     def __init__(self, strategy: str | Strategy = "generation", *, layout: str | None = None,
-                 address_spaces: int = 1, oracle: bool = True, strict: bool = False,
-                 phys_bits: int = 52, mmu: str = "ept", maxphyaddr: int = 46,
-                 slot_zap: str = "all", large_pages: bool = False,
+                 address_spaces: int | None = None, oracle: bool = True, strict: bool = False,
+                 phys_bits: int | None = None, mmu: str = "ept", maxphyaddr: int = 46,
+                 slot_zap: str | None = None, large_pages: bool = False,
                  start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
-                 mmio_caching: bool = True, nr_memslots: int = KVM_USER_MEM_SLOTS,
-                 trace: bool | Tracer = False) -> None:
+                 mmio_caching: bool = True, nr_memslots: int | None = None,
+                 apic_access_page: bool = False, trace: bool | Tracer = False) -> None:
         _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
                          nr_memslots)
         self.strategy = resolve_strategy(strategy)
+        if address_spaces is None:
+            address_spaces = self.strategy.default_address_spaces
+        if not 1 <= address_spaces <= self.strategy.max_address_spaces:
+            raise ValueError(f"address_spaces must be 1..{self.strategy.max_address_spaces} for "
+                             f"{self.strategy.name} (kernels {self.strategy.kernels}), "
+                             f"not {address_spaces}")
+        if phys_bits is None:
+            phys_bits = maxphyaddr if mmu == "ept" else 52
         layout_name = layout or self.strategy.layout
         if layout_name not in LAYOUTS:
             raise ValueError(f"unknown layout {layout_name!r}; choose from {', '.join(LAYOUTS)}")
@@ -118,7 +132,9 @@ class VM:
                 raise ValueError(f"mmio_gen_bits must be 2..{spte_layout.gen_bits}")
             gen_mask = (1 << mmio_gen_bits) - 1
         if start_near_wrap is None:
-            below: int | None = WRAP_HEADROOM if self.strategy.era != "modern" else None
+            # The kernels whose MMIO SPTEs carry a generation and that started it near the wrap.
+            below: int | None = (WRAP_HEADROOM if self.strategy.era != "modern"
+                                 and self.strategy.mmio_generation else None)
         elif start_near_wrap is True:
             below = WRAP_HEADROOM
         elif start_near_wrap is False:
@@ -127,7 +143,8 @@ class VM:
             below = int(start_near_wrap)
         if below is not None and below > gen_mask:
             below = below % (gen_mask + 1) or gen_mask + 1
-        self.nr_memslots = nr_memslots
+        self.nr_memslots = self.strategy.nr_memslots if nr_memslots is None else nr_memslots
+        self.apic_access_page = apic_access_page
         self.bus = MmioBus()
         self.host_memory = HostMemory()
         tracer = trace if isinstance(trace, Tracer) else (Tracer() if trace else None)
@@ -136,7 +153,8 @@ class VM:
             memslots=MemslotState.create(self.strategy.era, address_spaces, gen_mask=gen_mask,
                                          start_below_wrap=below),
             srcu=Srcu(),
-            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer),
+            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer,
+                    valid_gen_toggles=self.strategy.valid_gen_toggles),
             host_memory=self.host_memory,
             gen_mask=gen_mask,
             phys_bits=phys_bits,
@@ -158,7 +176,10 @@ class VM:
         """``KVM_SET_USER_MEMORY_REGION`` as a protocol generator (raises at the first step)."""
         request = MemoryRegionRequest(slot, flags, guest_phys_addr, memory_size, userspace_addr)
         plan = plan_memory_region(request, self.kvm.memslots, phys_bits=self.kvm.phys_bits,
-                                  nr_memslots=self.nr_memslots)
+                                  nr_memslots=self.nr_memslots,
+                                  max_gfn_check=self.strategy.max_gfn_check,
+                                  apic_access_page=(self.apic_access_page
+                                                    and self.strategy.private_slot_overlap))
         if plan.change is not Change.NONE:
             self.kvm.mmu.stats.memslot_updates += 1
         yield from set_memory_region(self.kvm.memslots, self.arch, self.kvm.srcu, plan)

@@ -12,7 +12,7 @@ from kvmmu.check.minimize import ddmin, finding_class, minimise, shortest_failur
 from kvmmu.check.schedule import run_schedule
 from kvmmu.check.world import CheckConfig
 
-RACE_1 = CheckConfig("generation-2013", vcpus=1, updates=1)
+RACE_1 = CheckConfig("generation-3.11+tagged-cache", vcpus=1, updates=1)
 
 
 def race_schedule() -> tuple[int, ...]:
@@ -51,7 +51,7 @@ def test_finding_classes() -> None:
 
 
 def test_the_race_found_with_two_vcpus_shrinks_to_the_one_vcpu_race() -> None:
-    config = CheckConfig("generation-2013", vcpus=2, updates=2)
+    config = CheckConfig("generation-3.11+tagged-cache", vcpus=2, updates=2)
     found = explore(config, preemptions=2)
     assert found.failure is not None
     m = minimise(config, found.failure.schedule, found.failure.findings[0].kind)
@@ -83,7 +83,7 @@ def test_a_race_needing_no_preemption_minimises_to_none() -> None:
 
 
 def test_an_exhausted_budget_keeps_the_delta_debugged_result() -> None:
-    config = CheckConfig("generation-2013", vcpus=2, updates=2)
+    config = CheckConfig("generation-3.11+tagged-cache", vcpus=2, updates=2)
     found = explore(config, preemptions=2)
     assert found.failure is not None
     m = minimise(config, found.failure.schedule, found.failure.findings[0].kind, budget=0.0)

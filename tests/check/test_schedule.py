@@ -17,7 +17,7 @@ from kvmmu.check.schedule import (
 from kvmmu.check.world import CheckConfig, World
 from kvmmu.mmu.steps import Step
 
-RACE = CheckConfig("generation-2013", vcpus=1, updates=1)
+RACE = CheckConfig("generation-3.11+tagged-cache", vcpus=1, updates=1)
 
 
 @given(st.lists(st.integers(0, 2), max_size=60))
@@ -63,7 +63,7 @@ def test_the_2014_race_replays_and_fails() -> None:
 
 
 def test_the_same_schedule_on_the_2014_fix_does_not_fail() -> None:
-    fixed = CheckConfig("generation-2014", vcpus=1, updates=1)
+    fixed = CheckConfig("generation-3.18", vcpus=1, updates=1)
     r = run_schedule(fixed, parse_schedule(World(fixed), "0:11,vmm:2,0:6,vmm:1"))
     assert r.findings == ()
     assert r.finished

@@ -38,7 +38,7 @@ def to_pending(world: World, t: int, step: Step) -> None:
 def test_a_generation_held_in_a_local_separates_states_with_equal_shared_state() -> None:
     # The 2014 race's two orders: the vCPU reads the generation before or after the publish.
     # Afterwards all shared state is equal; only the vCPU's local `gen` differs.
-    config = CheckConfig("generation-2013", vcpus=1, updates=1)
+    config = CheckConfig("generation-3.11+tagged-cache", vcpus=1, updates=1)
     before = World(config)
     to_pending(before, 0, Step.READ_GENERATION)
     after = World(config)

@@ -18,9 +18,9 @@ def test_quick_figures_write_pngs_and_numbers(tmp_path: Path) -> None:
         "refaults",
         "--quick",
         "-s",
-        "zap-walk",
+        "zap-all-3.9",
         "-s",
-        "zap-mmio-cached",
+        "zap-mmio-3.10",
         "-s",
         "generation",
         "-s",
@@ -46,8 +46,27 @@ def test_quick_figures_write_pngs_and_numbers(tmp_path: Path) -> None:
     refaults = data["refaults"]["by_strategy"]
     assert refaults["zap-all-fast"]["refaults_ram"] == refaults["zap-all-fast"]["working_set_pages"]
     assert refaults["generation"]["refaults_ram"] == 0
-    assert data["shadow-pages"]["crossover_zap_walk_over_zap_mmio_cached"] is not None
-    assert "exceeds zap-mmio-cached's from" in result.output
+    assert data["shadow-pages"]["crossover_zap_all_3_9_over_generation"] is not None
+    assert "zap-all-3.9's CREATE costs more than the generation's from" in result.output
+
+
+def test_the_seed_figure_shows_walks_growing_generation_flat_and_refaults(tmp_path: Path) -> None:
+    """Issue 9: the whole of the seed mail in one picture (quick range here: 10^2..10^4)."""
+    out = tmp_path / "seed"
+    result = CliRunner().invoke(cli, ["plot", "seed", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "seed_argument.png").stat().st_size > 10_000
+    seed = json.loads((out / "figures.json").read_text())["seed"]
+    lat: dict[str, dict[int, float]] = {}
+    for p in seed["create_latency_ns"]:
+        lat.setdefault(p["strategy"], {})[p["leaf_pages"]] = p["update_latency_mean_ns"]
+    for walk in ("zap-all-3.9", "zap-mmio-3.10"):
+        assert lat[walk][10_000] > 3 * lat[walk][100]  # grows with the shadow pages
+    for gen in ("generation-3.11", "generation"):
+        assert lat[gen][10_000] == lat[gen][100]  # flat
+    fast = seed["refaults"]["zap-all-fast"]
+    assert [p["refaults_ram"] for p in fast] == [2 * p["warm_pages"] for p in fast]  # 2 vCPUs
+    assert all(p["refaults_ram"] == 0 for p in seed["refaults"]["generation"])
 
 
 def test_unknown_figure_is_a_usage_error() -> None:

@@ -42,7 +42,7 @@ def test_hypothesis_sequences_agree(seed: int, kinds: list[str]) -> None:
     with Kvm() as kvm, kvm.create_vm() as vm:
         phys_bits = probe_phys_bits(vm)
         gen = RequestGenerator(random.Random(seed), phys_bits, 32764)
-        model = VM(strategy="generation", phys_bits=phys_bits)
+        model = VM(strategy="generation", phys_bits=phys_bits, address_spaces=1)  # no SMM here
         for kind in kinds:
             r = gen.draw(kind)
             real = real_apply(vm, r)
@@ -74,7 +74,7 @@ def test_section_6_table(request_: Request, expected: str) -> None:
     # Replay the sequence up to this row on both sides; every row must agree on the way.
     table = TABLE
     with Kvm() as kvm, kvm.create_vm() as vm:
-        model = VM(strategy="generation", phys_bits=probe_phys_bits(vm))
+        model = VM(strategy="generation", phys_bits=probe_phys_bits(vm), address_spaces=1)
         for r, exp in table:
             real, mod = real_apply(vm, r), model_apply(model, r)
             assert real == mod, r.describe()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmmu import VM, AccessKind, Path, RegisterBank
+from kvmmu import STRATEGIES, VM, AccessKind, Path, RegisterBank
 from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kvmmu.mmu.steps import Step
 from kvmmu.spte import SPTE_LARGE, SPTE_WRITABLE
@@ -174,8 +174,11 @@ def test_bad_access_arguments_are_refused_with_a_reason(vm: VM) -> None:
         vcpu.access(1 << 52)
 
 
-@pytest.mark.parametrize("strategy", ["zap-walk", "zap-mmio-cached", "zap-all-fast"])
+@pytest.mark.parametrize("strategy", ["zap-all-fast"])
 def test_a_zapped_spte_read_mid_update_is_not_cached_as_current(strategy: str) -> None:
+    """With a tagged per-vCPU cache, SPTEs without a generation tag the cache with the
+    generation read before the SPTE, and the zap runs while the generation says "in progress";
+    the real 3.9/3.10 zapped at commit with untagged caches (see the next test)."""
     # The interleaving kvmmu check found: vCPU1 reads an MMIO SPTE that the update is about to
     # zap, the update finishes and returns, then vCPU1 fills its per-vCPU cache.
     vm = VM(strategy, slot_zap="slot")
@@ -198,3 +201,29 @@ def test_a_zapped_spte_read_mid_update_is_not_cached_as_current(strategy: str) -
         pass
     assert vm.check_state() == []  # no stale per-vCPU cache
     assert v1.access(0x100000).kind is AccessKind.RAM
+
+
+@pytest.mark.parametrize("strategy", ["zap-all-3.9", "zap-mmio-3.10"])
+def test_before_3_18_the_same_window_leaves_a_stale_per_vcpu_cache(strategy: str) -> None:
+    """v3.9/v3.10 vcpu_cache_mmio_info() stored no generation (56f17dd3fbc4 added it in 3.18):
+    the SPTE read before the zap is cached after the ioctl returns and answers MMIO for RAM."""
+    vm = VM(strategy, slot_zap="slot")
+    vm.set_user_memory_region(0, 0, 0, 0x10000, HVA)
+    v0, v1 = vm.create_vcpu(), vm.create_vcpu()
+    v0.access(0x100000)
+    v1.access(0x1000)
+    update = vm.set_user_memory_region_steps(1, 0, 0x100000, 0x1000, HVA + 0x100000)
+    for step in update:
+        if step is Step.MMU_LOCK:
+            break
+    access = v1.access_steps(0x100000, write=True, value=0x5A)
+    for step in access:
+        if step is Step.READ_SPTE_LOCKLESS:
+            break
+    next(access)
+    for _ in update:
+        pass
+    for _ in access:
+        pass
+    assert {v.kind for v in vm.check_state()} == {"stale-mmio-cache"}
+    assert STRATEGIES[strategy].expected_violations  # a known bug of the kernel, so marked

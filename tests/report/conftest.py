@@ -24,4 +24,5 @@ def small_run() -> RunResult:
             "vmm": [{"op": "remap", "slot": 2, "at": "50us", "repeat": 5, "every": "100us"}],
         }
     )
-    return simulate_all(sc, ["zap-walk", "generation", "zap-all-fast"], default_costs(), SimOptions(seed=3))
+    names = ["zap-all-3.9", "generation", "zap-all-fast"]
+    return simulate_all(sc, names, default_costs(), SimOptions(seed=3))

@@ -17,19 +17,26 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kvmmu.mmu.invalidation import STRATEGIES, resolve_strategy, strategy_choices
+from kvmmu.cli.strategies import StrategyParam
+from kvmmu.mmu.invalidation import STRATEGIES
 from kvmmu.report.atomic import OutputError, atomic_directory, check_output_dir
 from kvmmu.report.html import figures_html
 from kvmmu.report.plots import Plot, bars_figure, sweep_figure
+from kvmmu.report.seed import seed_figure, seed_numbers
 from kvmmu.sim import experiments as ex
 from kvmmu.sim.costs import CostError, CostModel, load_costs
 from kvmmu.sim.results import Sweep
 
-FIGURES = ("shadow-pages", "refaults", "fast-zap", "vcpus")
+FIGURES = ("seed", "shadow-pages", "refaults", "fast-zap", "vcpus")
 VCPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 QUICK_VCPU_COUNTS = (1, 4, 16, 64)
 LEAF_PAGES = (1, 4, 16, 64, 256, 1024, 4096)
 QUICK_LEAF_PAGES = (1, 16, 256)
+#: The seed figure: 10^2 to 10^5 shadow pages (issue 9), 10^2 to 10^4 warm pages per vCPU.
+SEED_PAGES = (100, 1_000, 10_000, 100_000)
+QUICK_SEED_PAGES = (100, 1_000, 10_000)
+SEED_WARM = (100, 1_000, 10_000)
+QUICK_SEED_WARM = (100, 1_000)
 
 
 class InputError(click.ClickException):
@@ -81,7 +88,7 @@ def _crossover(sweep: Sweep, a: str, b: str, key: str) -> int | None:
     "--strategy",
     "strategies",
     multiple=True,
-    type=click.Choice(strategy_choices()),
+    type=StrategyParam(),
     metavar="NAME",
     help=f"Strategy to include (repeatable). Default: all of {', '.join(STRATEGIES)}.",
 )
@@ -115,10 +122,13 @@ def command(
     workers: int,
     quick: bool,
 ) -> None:
-    """Simulate and draw the figures: FIGURE is one or more of shadow-pages, refaults,
+    """Simulate and draw the figures: FIGURE is one or more of seed, shadow-pages, refaults,
     fast-zap, vcpus, or all (the default).
 
     \b
+    seed          the 2013 seed mail in one picture: CREATE latency of the walks
+                  (zap-all-3.9, zap-mmio-3.10) vs the generation, 10^2..10^5
+                  shadow pages, beside zap-all-fast's refault cost
     shadow-pages  memslot CREATE latency and mmu_lock hold vs live shadow pages
     refaults      RAM and MMIO refaults after one memslot CREATE, per strategy
     fast-zap      delete+add on a 6-vCPU 2 GiB idle guest, next to the published
@@ -162,6 +172,33 @@ def _save(plot: Plot, out: Path, captions: dict[str, str]) -> None:
     captions[plot.name] = plot.caption
 
 
+def _seed(
+    names: list[str],
+    costs: CostModel,
+    out: Path,
+    console: Console,
+    workers: int,
+    quick: bool,
+    note: Note,
+    captions: dict[str, str],
+) -> dict[str, Any]:
+    data = ex.seed_argument(costs, QUICK_SEED_PAGES if quick else SEED_PAGES,
+                            QUICK_SEED_WARM if quick else SEED_WARM, progress=note)
+    console.print(_sweep_table(data["sweep"], "update_latency_mean_ns", "µs", 1e3))
+    table = Table(title=f"one CREATE: vCPU time lost refaulting ({data['vcpus']} vCPUs)",
+                  title_justify="left")
+    for col in ("warm pages per vCPU", "zap-all-fast refaults", "extra vCPU time (ms)",
+                "generation refaults"):
+        table.add_column(col, justify="right")
+    for fast, gen in zip(data["refaults"]["zap-all-fast"], data["refaults"]["generation"],
+                         strict=True):
+        table.add_row(f"{int(fast['warm_pages']):,}", f"{int(fast['refaults_ram']):,}",
+                      f"{fast['extra_stall_ns'] / 1e6:.3f}", f"{int(gen['refaults_ram']):,}")
+    console.print(table)
+    _save(seed_figure(data), out, captions)
+    return seed_numbers(data)
+
+
 def _shadow_pages(
     names: list[str],
     costs: CostModel,
@@ -177,24 +214,18 @@ def _shadow_pages(
     console.print(_sweep_table(sweep, "update_latency_mean_ns", "µs", 1e3))
     console.print(_sweep_table(sweep, "vmm_lock_hold_per_update_ns", "µs", 1e3))
     cross = None
-    # The walk of every page (before 2013) against the walk of mmio_cached pages (3.10), by
-    # whatever names (or aliases) the user chose for them.
-    chosen = {resolve_strategy(n).name: n for n in names}
-    walk = chosen.get(resolve_strategy("zap-walk").name)
-    cached = chosen.get(resolve_strategy("zap-mmio-cached").name)
-    lead = (
-        "Walking strategies pay per shadow page on every CREATE; generation bumps pay nothing "
-        "per page, so their latency stays flat."
-    )
-    if walk is not None and cached is not None:
-        cross = _crossover(sweep, walk, cached, "update_latency_mean_ns")
+    if {"zap-all-3.9", "generation"} <= set(names):
+        cross = _crossover(sweep, "zap-all-3.9", "generation", "update_latency_mean_ns")
         console.print(
-            f"{walk}'s update latency exceeds {cached}'s from {cross} leaf pages on"
+            f"zap-all-3.9's CREATE costs more than the generation's from {cross} leaf pages on"
             if cross is not None
-            else f"{walk} never exceeds {cached} in this range"
+            else "zap-all-3.9 never costs more than the generation in this range"
         )
-        if cross is not None:
-            lead += f" {walk} overtakes {cached} from {cross:,} leaf pages on."
+    lead = (
+        "Walking strategies (zap-all-3.9 frees every page, zap-mmio-3.10 visits every page) pay "
+        "per shadow page on every CREATE; generation bumps pay nothing per page, so their "
+        "latency stays flat."
+    )
     _save(
         sweep_figure(
             sweep,
@@ -223,7 +254,7 @@ def _shadow_pages(
         captions,
     )
     keys = ("shadow_pages", "update_latency_mean_ns", "vmm_lock_hold_per_update_ns")
-    return {**_sweep_json(sweep, keys), "crossover_zap_walk_over_zap_mmio_cached": cross}
+    return {**_sweep_json(sweep, keys), "crossover_zap_all_3_9_over_generation": cross}
 
 
 def _refaults(
@@ -380,6 +411,7 @@ def _vcpus(
 
 
 _FIGURE = {
+    "seed": _seed,
     "shadow-pages": _shadow_pages,
     "refaults": _refaults,
     "fast-zap": _fast_zap,

@@ -18,13 +18,16 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kvmmu.mmu.invalidation import STRATEGIES, strategy_choices
+from kvmmu.cli.strategies import StrategyParam
+from kvmmu.mmu.invalidation import STRATEGIES
 from kvmmu.report.atomic import OutputError, check_output_dir
 from kvmmu.report.files import report_dict
 from kvmmu.report.output import write_report
+from kvmmu.report.seed import seed_figure
 from kvmmu.report.tables import comparison_table
 from kvmmu.scenarios import ScenarioError as KindError
 from kvmmu.scenarios import for_run
+from kvmmu.sim import experiments as ex
 from kvmmu.sim.costs import CostError, load_costs
 from kvmmu.sim.run import SimOptions, simulate_all
 from kvmmu.sim.workloads.schema import (
@@ -61,7 +64,7 @@ def _size(value: str | None) -> int | None:
     "--strategy",
     "strategies",
     multiple=True,
-    type=click.Choice(strategy_choices()),
+    type=StrategyParam(),
     metavar="NAME",
     help="Strategy to simulate (repeatable). Default: all of "
     f"{', '.join(STRATEGIES)}. Append +no-wrap-zap or +cache-without-gen for a deliberately "
@@ -99,11 +102,12 @@ def _size(value: str | None) -> int | None:
 )
 @click.option(
     "--slot-zap",
-    type=click.Choice(["slot", "all"]),
-    default="slot",
+    type=click.Choice(["kernel", "slot", "all"]),
+    default="kernel",
     show_default=True,
-    help="What DELETE/MOVE zap: only the slot's SPTEs, so that the table shows MMIO "
-    "invalidation alone, or everything (KVM_X86_QUIRK_SLOT_ZAP_ALL, KVM's default).",
+    help="What DELETE/MOVE zap: what each strategy's kernel did (`kvmmu strategies`), only the "
+    "slot's SPTEs (so that the table shows MMIO invalidation alone), or everything fast "
+    "(KVM_X86_QUIRK_SLOT_ZAP_ALL, the modern default).",
 )
 @click.option("--no-oracle", is_flag=True, help="Do not check every access against the oracle (faster).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (faster).")
@@ -155,7 +159,7 @@ def command(
     opts = SimOptions(
         seed=seed,
         oracle=not no_oracle,
-        vm_options={"slot_zap": slot_zap, "start_near_wrap": True},
+        vm_options={"slot_zap": None if slot_zap == "kernel" else slot_zap, "start_near_wrap": True},
     )
     err = Console(stderr=True)
     t0 = time.perf_counter()
@@ -176,15 +180,21 @@ def command(
             bar.update(task, completed=sum(done.values()), description=f"simulating {name}")
 
         run = simulate_all(sc, names, costs, opts, step)
+        extra = []
+        if not no_plots:
+            # The seed mail in one picture (`kvmmu plot seed` draws it up to 10^5 pages).
+            bar.update(task, description="the seed's argument: walks vs generation")
+            mail = ex.seed_argument(costs, leaf_pages=(100, 1_000, 10_000), warm_pages=(100, 1_000))
+            extra.append(lambda: seed_figure(mail))
         bar.update(task, description="writing the report")
-        files = write_report(run, out, plots=not no_plots)
+        files = write_report(run, out, plots=not no_plots, extra_plots=extra)
     wall = time.perf_counter() - t0
     if as_json:
         click.echo(json.dumps(report_dict(run), indent=1))
         return
     console = Console()
     if not console.is_terminal:
-        console = Console(width=170)  # piped: do not squeeze the table into 80 columns
+        console = Console(width=240)  # piped: do not squeeze the table into 80 columns
     console.print(comparison_table(run))
     console.print(
         "[dim]update latency: one KVM_SET_USER_MEMORY_REGION, from the ioctl to its return; "

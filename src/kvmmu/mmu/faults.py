@@ -74,10 +74,16 @@ _LEAF_SHIFT: Final = (0,)
 
 
 class AccessKind(StrEnum):
-    """What the guest's access reached."""
+    """What the guest's access reached.
+
+    ``UNKNOWN`` is ``KVM_EXIT_UNKNOWN``: the ``RET_MMIO_PF_BUG`` path of kernels up to 3.x
+    ("EPT: Misconfiguration" dump, ``hardware_exit_reason = EXIT_REASON_EPT_MISCONFIG``); the VMM
+    usually kills the guest.
+    """
 
     RAM = "ram"
     MMIO = "mmio"
+    UNKNOWN = "unknown"
 
 
 class Path(StrEnum):
@@ -93,6 +99,7 @@ class Path(StrEnum):
 # The members as module constants for the hot path (see the note in kvmmu.mmu.steps).
 RAM: Final = AccessKind.RAM
 MMIO: Final = AccessKind.MMIO
+UNKNOWN: Final = AccessKind.UNKNOWN
 HW: Final = Path.HW
 FAST: Final = Path.FAST
 SLOW: Final = Path.SLOW
@@ -134,8 +141,10 @@ class VcpuStats:
     pf_taken: int = 0  # slow-path page faults
     pf_fixed: int = 0
     pf_emulate: int = 0
-    pf_spurious: int = 0  # RET_PF_RETRY
+    pf_spurious: int = 0  # RET_PF_SPURIOUS: the fault found the SPTE it would write already there
+    pf_retry: int = 0  # RET_PF_RETRY (model counter; KVM has none): the guest re-executes
     pf_mmio_spte_created: int = 0
+    pf_mmio_bug: int = 0  # RET_MMIO_PF_BUG -> KVM_EXIT_UNKNOWN (kernels with mmio_pf_bug)
     insn_emulation: int = 0
     hw_hits: int = 0  # accesses answered by the hardware walk without a trap
     mmio_fast_path: int = 0  # handle_mmio_page_fault() -> EMULATE from the SPTE
@@ -168,11 +177,13 @@ def cache_mmio_info(kvm: Kvm, vcpu: VcpuArch, gfn: int, access: int,
                     gen: int | None = None) -> None:
     """``vcpu_cache_mmio_info()``: remember the MMIO gfn with the generation it was seen in.
 
-    ``gen`` is a generation read earlier, to tag with instead of the current one (see
-    :func:`_handle_mmio_page_fault`).
+    The tag is address space 0's generation whatever the vCPU's address space: the kernel reads
+    ``kvm_memslots(vcpu->kvm)->generation`` (``arch/x86/kvm/x86.h``, 4.2 to current), not
+    ``kvm_vcpu_memslots(vcpu)``.  ``gen`` is a generation read earlier, to tag with instead of
+    the current one (see :func:`_handle_mmio_page_fault`).
     """
     if gen is None:
-        gen = kvm.memslots.active[vcpu.as_id].generation
+        gen = kvm.memslots.active[0].generation
     if kvm.strategy.era == "modern" and gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
         return  # an update is in progress: caching now could outlive it
     vcpu.mmio_gfn = gfn
@@ -185,8 +196,8 @@ def match_mmio_gpa(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> bool:
     if not vcpu.mmio_gfn or vcpu.mmio_gfn != gfn:
         return False
     if not kvm.strategy.cache_generation:
-        return True  # the 3.11 cache: no generation at all
-    return vcpu.mmio_gen == kvm.memslots.active[vcpu.as_id].generation
+        return True  # up to 3.16: no generation at all (vcpu_match_mmio_gpa() before 56f17dd3fbc4)
+    return vcpu.mmio_gen == kvm.memslots.active[0].generation  # vcpu_match_mmio_gen(): as 0
 
 
 def load_root(kvm: Kvm, vcpu: VcpuArch) -> Steps[None]:
@@ -209,6 +220,8 @@ _FIXED: Final = 1
 _EMULATE: Final = 2
 _INVALID: Final = 3
 _EMULATE_CACHED: Final = 4  # EMULATE, answered by the per-vCPU cache
+_PF_BUG: Final = 5  # RET_MMIO_PF_BUG
+_SPURIOUS: Final = 6  # RET_PF_SPURIOUS: re-enter, nothing written
 
 
 def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: int,
@@ -225,7 +238,7 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
         hw_mask, hw_value = mmu.hw_mmio_mask, mmu.hw_mmio_value
         while True:
             root = vcpu.root
-            if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen:
+            if root is None or root.invalid or root.mmu_valid_gen != mmu.mmu_valid_gen:
                 yield from load_root(kvm, vcpu)
                 root = vcpu.root
                 assert root is not None
@@ -287,6 +300,16 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                 elif r == _INVALID:
                     path = SLOW
                     r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
+                elif r == _PF_BUG:
+                    kvm.srcu.read_unlock(vcpu)
+                    vcpu.stats.pf_mmio_bug += 1
+                    yield EXIT_TO_USERSPACE
+                    out = _new_outcome(Outcome, (gpa, size, write, UNKNOWN, FAST, None, None,
+                                                 True, traps, 0))
+                    vcpu.last_outcome = out
+                    if kvm.on_access is not None:
+                        kvm.on_access(vcpu, out, start_epoch)
+                    return out
             else:
                 path = SLOW
                 r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
@@ -294,9 +317,9 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                 break  # emulate with SRCU still held
             kvm.srcu.read_unlock(vcpu)
             if r == _RETRY:
-                vcpu.stats.pf_spurious += 1
+                vcpu.stats.pf_retry += 1
                 yield RETRY
-            # _FIXED and _RETRY both re-enter the guest, which re-executes the access.
+            # _FIXED, _SPURIOUS and _RETRY re-enter the guest, which re-executes the access.
     else:
         kvm.srcu.read_lock(vcpu)
     out = yield from _emulate(kvm, vcpu, gpa, gfn, write, size, value, path, traps)
@@ -332,21 +355,27 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     if match_mmio_gpa(kvm, vcpu, gfn):  # mmio_info_in_cache()
         stats.mmio_cache_hits += 1
         return _EMULATE_CACHED
+    strategy = kvm.strategy
     gen_before: int | None = None
-    if not kvm.strategy.mmio_generation:
+    if not strategy.mmio_generation and strategy.cache_generation:
         yield READ_GENERATION
-        gen_before = kvm.memslots.active[vcpu.as_id].generation
+        gen_before = kvm.memslots.active[0].generation
     yield READ_SPTE_LOCKLESS
     spte = _leaf_spte(kvm, vcpu, gfn)  # walk_shadow_page_lockless_begin() .. end()
     codec = kvm.mmu.codec
     if not codec.is_mmio(spte):
+        if strategy.mmio_pf_bug and spte & SPTE_PRESENT:
+            # 3.x on a direct MMU: "It's a BUG if the gfn is not a mmio page" -- but another
+            # vCPU may have mapped RAM there since the misconfig (check_direct_spte_mmio_pf()).
+            return _PF_BUG
         return _RETRY  # zapped or replaced by another CPU: let the guest fault again
     yield READ_GENERATION
     current = kvm.memslots.active[vcpu.as_id].generation
     spte_gen = codec.generation(spte)
     valid = mmio_generation_valid(kvm, current, spte_gen)
     trace = kvm.trace
-    if trace is not None:
+    if trace is not None and not current & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
+        # check_mmio_spte() returns before its tracepoint while an update is in progress.
         trace.check_mmio_spte(vcpu.id, spte, current & kvm.gen_mask, spte_gen, valid)
     if not valid:
         stats.mmio_fast_invalid += 1
@@ -397,16 +426,19 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
     target_level = 1
     writable = False
     if slot is not None and slot.invalid:
-        return _RETRY  # being deleted or moved: its SPTEs must be zapped before new ones appear
+        if kvm.strategy.invalid_slot_fault == "retry":
+            return _RETRY  # 5.13+ (e0c378684b65): wait until the slot is gone or moved
+        slot = None  # before 5.13: KVM_PFN_NOSLOT, handled as MMIO (an MMIO SPTE is installed)
     if slot is None:
-        if gfn > (1 << (kvm.phys_bits - PAGE_SHIFT)) - 1:
-            stats.pf_emulate += 1
-            return _EMULATE  # beyond kvm_mmu_max_gfn(): never cached
+        # kvm_handle_noslot_fault(): cache first, then the caching and max-gfn tests.
         yield VCPU_CACHE
         cache_mmio_info(kvm, vcpu, gfn, ACC_ALL & codec.marker.access_mask)
         if not codec.marker.caching:
             stats.pf_emulate += 1
             return _EMULATE  # kvm.mmio_caching off: every MMIO access takes this path
+        if gfn > (1 << (kvm.phys_bits - PAGE_SHIFT)) - 1:
+            stats.pf_emulate += 1
+            return _EMULATE  # beyond kvm_mmu_max_gfn(): no MMIO SPTE
     elif write and slot.flags & KVM_MEM_READONLY:
         stats.pf_emulate += 1
         return _EMULATE  # KVM_PFN_ERR_RO_FAULT: the emulator turns the write into MMIO
@@ -475,21 +507,30 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         stats.pf_mmio_spte_created += 1
         stats.pf_emulate += 1
         if trace is not None:
+            # The access field is the access stored in the SPTE: ``access & (ACC_WRITE_MASK |
+            # ACC_USER_MASK)`` in 3.11-5.1, ``access & shadow_mmio_access_mask`` later (0 on EPT).
             trace.mark_mmio_spte(vcpu.id, sp.hpa + 8 * idx, gfn, access_bits, spte_gen)
         result = _EMULATE
     else:
         base = gfn if level == 1 else gfn & ~511
-        yield WRITE_SPTE
-        if old and codec.is_mmio(old):
-            sp.nr_mmio -= 1
         # make_spte(), i.e. spte.make_ram_spte() inlined: pfn | base bits | W | PS.
-        sp.spt[idx] = ((slot.userspace_addr + ((base - slot.base_gfn) << PAGE_SHIFT))
-                       | mmu.ram_spte_bits | (SPTE_WRITABLE if writable else 0)
-                       | (SPTE_LARGE if level == 2 else 0))
-        if writable and slot.dirty_bitmap is not None:
-            slot.mark_dirty(gfn)
-        stats.pf_fixed += 1
-        result = _FIXED
+        new = ((slot.userspace_addr + ((base - slot.base_gfn) << PAGE_SHIFT))
+               | mmu.ram_spte_bits | (SPTE_WRITABLE if writable else 0)
+               | (SPTE_LARGE if level == 2 else 0))
+        if new == old:
+            # mmu_set_spte(): "if (*sptep == spte) ret = RET_PF_SPURIOUS" -- another vCPU fixed
+            # it first; counted as pf_spurious by kvm_mmu_do_page_fault().
+            stats.pf_spurious += 1
+            result = _SPURIOUS
+        else:
+            yield WRITE_SPTE
+            if old and codec.is_mmio(old):
+                sp.nr_mmio -= 1
+            sp.spt[idx] = new
+            if writable and slot.dirty_bitmap is not None:
+                slot.mark_dirty(gfn)
+            stats.pf_fixed += 1
+            result = _FIXED
     mmu.ever_mapped.add(key)
     yield MMU_UNLOCK
     lock.holder = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from kvmmu.memslots import Memslot
 from kvmmu.mmu.steps import Step, Steps
 from kvmmu.spte import (
     SPTE_LARGE,
@@ -46,8 +47,8 @@ BATCH_ZAP_PAGES: Final = 10
 class ShadowPage:
     """``struct kvm_mmu_page`` of a direct map: one 512-entry table at ``level`` covering ``gfn``."""
 
-    __slots__ = ("as_id", "children", "gfn", "hpa", "level", "mmio_cached", "mmu_valid_gen",
-                 "nr_mmio", "parent", "parent_index", "spt")
+    __slots__ = ("as_id", "children", "gfn", "hpa", "invalid", "level", "mmio_cached",
+                 "mmu_valid_gen", "nr_mmio", "parent", "parent_index", "spt")
 
     def __init__(self, hpa: int, gfn: int, level: int, as_id: int, mmu_valid_gen: int,
                  parent: ShadowPage | None, parent_index: int) -> None:
@@ -62,6 +63,10 @@ class ShadowPage:
         self.parent_index = parent_index
         self.mmio_cached = False  # sticky, as sp->mmio_cached: set when an MMIO SPTE is installed
         self.nr_mmio = 0  # MMIO SPTEs currently in spt (for statistics)
+        #: ``sp->role.invalid``: zapped.  With a one-bit ``mmu_valid_gen`` (5.4+) a page two zaps
+        #: old has the current generation again, so obsolescence must test this too
+        #: (``is_obsolete_sp()``: ``sp->role.invalid || sp->mmu_valid_gen != ...``).
+        self.invalid = False
 
     def gfn_of(self, index: int) -> int:
         """First gfn translated by entry ``index``."""
@@ -112,6 +117,8 @@ class Mmu:
     trace: Tracer | None = None
     #: Bits every RAM leaf carries (``make_ram_spte(0, False, False, layout)``).
     ram_spte_bits: int = 0
+    #: ``mmu_valid_gen`` toggles between 0 and 1 (5.4+, ca333add6933) instead of counting.
+    valid_gen_toggles: bool = False
 
     def __post_init__(self) -> None:
         self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
@@ -131,8 +138,8 @@ class Mmu:
         return sp
 
     def is_obsolete(self, sp: ShadowPage) -> bool:
-        """``is_obsolete_sp()``: created before the last ``kvm_mmu_zap_all_fast()``."""
-        return sp.mmu_valid_gen != self.mmu_valid_gen
+        """``is_obsolete_sp()``: zapped, or created before the last ``kvm_mmu_zap_all_fast()``."""
+        return sp.invalid or sp.mmu_valid_gen != self.mmu_valid_gen
 
     def root_for(self, as_id: int) -> tuple[ShadowPage, bool]:
         """``mmu_alloc_root()`` under ``mmu_lock``: the shared root of ``as_id`` and whether new."""
@@ -181,6 +188,7 @@ class Mmu:
             self.stats.mmu_shadow_zapped += 1
             self.stats.mmio_sptes_zapped += page.nr_mmio
             page.nr_mmio = 0
+            page.invalid = True
             stack.extend(c for c in page.children if c is not None)
             page.spt[:] = _EMPTY_TABLE
             page.children[:] = _NO_CHILDREN
@@ -198,14 +206,18 @@ class Mmu:
 
         Returns the number of pages freed.  vCPUs reload their roots before their next guest
         entry (``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``); the walk from the oldest page drops the lock
-        every ``BATCH_ZAP_PAGES`` pages (``cond_resched_rwlock_write``).
+        every ``BATCH_ZAP_PAGES`` pages (``cond_resched_rwlock_write``).  The tracepoint fires
+        before the toggle, so it prints the generation being retired (``trace_kvm_mmu_zap_all_fast
+        (kvm)`` then ``kvm->arch.mmu_valid_gen = kvm->arch.mmu_valid_gen ? 0 : 1``, current
+        ``arch/x86/kvm/mmu/mmu.c``); before 5.4 the generation was a counter (``++``).
         """
         yield from self.lock.acquire(who)
         yield Step.BUMP_MMU_VALID_GEN
-        self.mmu_valid_gen += 1
-        self.stats.zap_all_fast += 1
         if self.trace is not None:
             self.trace.kvm_mmu_zap_all_fast(0, self.mmu_valid_gen, len(self.active))
+        self.mmu_valid_gen = (self.mmu_valid_gen ^ 1) if self.valid_gen_toggles \
+            else self.mmu_valid_gen + 1
+        self.stats.zap_all_fast += 1
         self.roots.clear()
         freed_total = 0
         batch = 0
@@ -238,13 +250,13 @@ class Mmu:
             if sp.hpa not in self.active or (sp.parent is not None
                                              and sp.parent.hpa in self.active):
                 continue  # already freed, or freed with its parent
-            yield Step.WALK_SHADOW_PAGE
+            yield Step.VISIT_SHADOW_PAGE
+            self.stats.invalidation_pages_walked += 1
             for _page, live in self.unlink(sp):
                 yield Step.FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 freed_total += 1
-        self.roots.clear()
-        self.mmu_valid_gen += 1  # stands for kvm_reload_remote_mmus(): every root is gone
+        self.roots.clear()  # kvm_reload_remote_mmus(): every vCPU loads a new root
         yield from self.lock.release(who)
         return freed_total
 
@@ -276,6 +288,22 @@ class Mmu:
                     yield Step.ZAP_SPTE
                     self.clear_spte(sp, i)
                     zapped += 1
+        yield from self.lock.release(who)
+        return zapped
+
+    def zap_collapsible(self, who: object, slot: Memslot) -> Steps[int]:
+        """``kvm_mmu_zap_collapsible_sptes()`` (4.1+, 3ea3b7fa9af0): after dirty logging is turned
+        off, drop the 4 KiB tables of the slot where a 2 MiB leaf may go, so the next fault maps
+        the huge page again.  Returns the number of tables zapped."""
+        yield from self.lock.acquire(who)
+        zapped = 0
+        for sp in self.pages_in_gfn_range(slot.base_gfn, slot.end_gfn, 1):
+            if sp.as_id != slot.as_id or sp.hpa not in self.active or not slot.huge_page_ok(sp.gfn):
+                continue
+            for _page, live in self.unlink(sp):
+                yield Step.FREE_SHADOW_PAGE
+                self.drop_entries(live)
+                zapped += 1
         yield from self.lock.release(who)
         return zapped
 

@@ -54,6 +54,7 @@ class Step(IntEnum):
     FREE_SHADOW_PAGE = 25  # kvm_mmu_commit_zap_page(): one page freed
     BUMP_MMU_VALID_GEN = 26  # kvm_mmu_zap_all_fast(): kvm->arch.mmu_valid_gen++ and reload
     WRITE_PROTECT = 27  # kvm_mmu_slot_remove_write_access(): one SPTE made read-only
+    VISIT_SHADOW_PAGE = 28  # one active-list entry visited (3.10's walk, kvm_mmu_zap_all's loop)
 
 
 # Every member as a module constant, for the hot paths (``faults.py``, ``sync.py``): on Python
@@ -79,6 +80,7 @@ WALK_SHADOW_PAGE: Final = Step.WALK_SHADOW_PAGE
 FREE_SHADOW_PAGE: Final = Step.FREE_SHADOW_PAGE
 BUMP_MMU_VALID_GEN: Final = Step.BUMP_MMU_VALID_GEN
 WRITE_PROTECT: Final = Step.WRITE_PROTECT
+VISIT_SHADOW_PAGE: Final = Step.VISIT_SHADOW_PAGE
 
 #: Steps at which a thread may wait for another: a driver asks the VM whether they can proceed.
 BLOCKING_STEPS = frozenset({Step.MMU_LOCK, Step.SRCU_SYNC})

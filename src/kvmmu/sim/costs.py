@@ -103,6 +103,7 @@ COST_NAMES: tuple[str, ...] = (
     "srcu_grace_period_ns",
     "write_generation_ns",
     "spte_walked_ns",
+    "shadow_page_visited_ns",
     "spte_zapped_ns",
     "shadow_page_freed_ns",
     "mmu_valid_gen_bump_ns",
@@ -134,6 +135,7 @@ STEP_COSTS: Mapping[str, tuple[tuple[str, int], ...]] = MappingProxyType(
         "BUMP_MMU_VALID_GEN": (("mmu_valid_gen_bump_ns", 1),),
         "LOCK_BREAK": (("lock_handoff_ns", 1),),
         "WRITE_PROTECT": (("spte_write_protect_ns", 1),),
+        "VISIT_SHADOW_PAGE": (("shadow_page_visited_ns", 1),),
     }
 )
 

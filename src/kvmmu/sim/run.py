@@ -490,7 +490,7 @@ def simulate_all(
             "page_size": g.page_size,
             "duration_ns": scenario.duration,
             "active_vcpus": active_vcpus(scenario),
-            "slot_zap": str(opts.vm_options.get("slot_zap", "all")),
+            "slot_zap": str(opts.vm_options.get("slot_zap") or "kernel"),
         },
         strategies=tuple(results),
     )

@@ -6,8 +6,10 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,47 @@ def test_a_failing_command_leaves_its_capture_and_its_exit_status_is_reported(
     cap = load_capture(tmp_path / "f")
     assert cap.meta.exit_code == 3 and cap.memslots == ()
     assert not any(name.startswith(ours) for name in tracefs.snapshot().instances)
+
+
+@pytest.mark.kvm
+def test_ctrl_c_ends_the_command_and_keeps_the_capture(tmp_path: Path) -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed (apt-get install strace)")
+    out = tmp_path / "c"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kvmmu", "capture", "--json", "--out", str(out), "--", "sleep", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    root = tracefs.find_mount() or tracefs.TRACEFS
+    deadline = time.monotonic() + 60
+    while "sleep" not in _descendants(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the command runs (under strace, traced): the capture is under way
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert json.loads(stdout)["ended_by"] == "interrupt" and "ended by Ctrl-C" in stderr
+    assert load_capture(out).meta.command == ("sleep", "60")
+    assert not list(root.glob(f"instances/kvmmu-{child.pid}-*"))
+
+
+def _descendants(pid: int) -> set[str]:
+    """The command names of ``pid``'s descendants (from /proc/*/stat)."""
+    parent: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        parent[int(stat.parent.name)] = (ppid, comm)
+    names = set()
+    for p, (_, comm) in parent.items():
+        q = p
+        while q in parent and q != pid:
+            q = parent[q][0]
+        if q == pid and p != pid:
+            names.add(comm)
+    return names

@@ -49,7 +49,8 @@ def _default_out(command: tuple[str, ...]) -> Path:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    help="End the command (SIGTERM to its session) after this many seconds.",
+    help="End the command (SIGTERM to its session) after this many seconds; Ctrl-C ends it too, "
+    "and the capture is kept either way.",
 )
 @click.option("--strace", "strace_bin", default="strace", show_default=True, help="The strace to use.")
 @click.option("--json", "as_json", is_flag=True, help="Print the capture's summary as JSON.")
@@ -109,16 +110,21 @@ def command(
         raise InputError(str(exc)) from None
     facts = summary(cap)
     facts["capture"] = str(out / CAPTURE_FILE)
-    facts["timed_out"] = rec.timed_out
+    facts["ended_by"] = rec.ended_by or "exit"
     if as_json:
         click.echo(json.dumps(facts, indent=1))
     else:
         _print(facts)
     rc = cap.meta.exit_code
-    if rec.timed_out:
+    if rec.ended_by == "timeout":
         err.print(f"ended by --timeout after {timeout:g} s (exit status {rc})", highlight=False)
+    elif rec.ended_by == "interrupt":
+        err.print(
+            f"ended by Ctrl-C (exit status {rc}); the capture keeps what ran until then", highlight=False
+        )
     elif rc != 0:
-        click.echo(f"kvmmu: error: {command[0]} exited with status {rc} (capture written to {out})", err=True)
+        how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with status {rc}"
+        click.echo(f"kvmmu: error: {command[0]} {how} (capture written to {out})", err=True)
         raise SystemExit(1)
     if not cap.memslots:
         click.echo(f"kvmmu: warning: {command[0]} made no memslot ioctl (is it a KVM VMM?)", err=True)

@@ -427,7 +427,8 @@ class Recorded:
 
     capture: Capture
     strace_text: str
-    timed_out: bool
+    #: ``""``: the command exited by itself; ``"timeout"`` or ``"interrupt"``: we ended it.
+    ended_by: str
 
 
 def record(
@@ -465,7 +466,7 @@ def record(
     ]
     proc = subprocess.Popen(argv, start_new_session=True, stdin=gate_r)
     os.close(gate_r)
-    timed_out = False
+    ended_by = ""
     try:
         with TraceRecorder(events=EVENTS, buffer_size_kb=BUFFER_KB, pids=(proc.pid,), clock="mono") as rec:
             started_at = datetime.now(UTC)
@@ -479,7 +480,7 @@ def record(
             os.write(gate_w, b"go\n")
             os.close(gate_w)
             gate_w = -1
-            timed_out = _wait(proc, rec, timeout, tick)
+            ended_by = _wait(proc, rec, timeout, tick)
             rec.stop()
             duration = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0
             text = Path(log_path).read_text(encoding="utf-8", errors="replace")
@@ -517,7 +518,7 @@ def record(
         events_lost=lost,
         tool=f"kvmmu {_version()}, {_strace_version(strace_path)}",
     )
-    return Recorded(Capture(meta, calls, trace), text, timed_out)
+    return Recorded(Capture(meta, calls, trace), text, ended_by)
 
 
 def _wait(
@@ -525,8 +526,12 @@ def _wait(
     rec: TraceRecorder,
     timeout: float | None,
     tick: Callable[[float], None] | None,
-) -> bool:
-    """Wait for the command, noting the tasks it starts (they leave ``set_event_pid`` on exit)."""
+) -> str:
+    """Wait for the command, noting the tasks it starts (they leave ``set_event_pid`` on exit).
+
+    Returns ``""`` when it exited by itself, ``"timeout"`` or ``"interrupt"`` (Ctrl-C: a VMM that
+    runs until stopped is captured by stopping it) when it was ended here.
+    """
     start = time.monotonic()
     try:
         while proc.poll() is None:
@@ -536,12 +541,15 @@ def _wait(
                 tick(elapsed)
             if timeout is not None and elapsed >= timeout:
                 _end(proc)
-                return True
+                return "timeout"
             time.sleep(0.02)
-    except BaseException:  # an interrupt: the command must not outlive the capture
+    except KeyboardInterrupt:
+        _end(proc)
+        return "interrupt"
+    except BaseException:  # anything else: the command must not outlive the capture
         _end(proc)
         raise
-    return False
+    return ""
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:

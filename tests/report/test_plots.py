@@ -244,3 +244,11 @@ def test_a_run_without_memslot_updates_still_draws_and_says_so(tmp_path: Path) -
     plots = plot_run(run, tmp_path)
     assert "No memslot update" in plots[0].caption
     assert all((tmp_path / p.name).read_bytes()[:8] == PNG for p in plots)
+
+
+def test_an_old_strategy_name_draws_like_its_new_one_silently(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmmu.mmu.invalidation import ALIASES
+
+    for old, new in ALIASES.items():
+        assert style(old) == style(new) and style(old + "+no-wrap-zap") == style(new)
+    assert capsys.readouterr().err == ""

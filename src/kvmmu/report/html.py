@@ -17,7 +17,7 @@ import html
 from collections.abc import Sequence
 from pathlib import PurePath
 
-from kvmmu.mmu.invalidation import resolve_strategy
+from kvmmu.mmu.invalidation import ALIASES, resolve_strategy
 from kvmmu.report.tables import GLOSSARY, ROWS, title
 from kvmmu.sim.results import RunResult
 
@@ -55,7 +55,8 @@ def _cell(row: dict[str, int | float | str], key: str, fmt: object) -> tuple[str
 
 def _strategy_note(name: str) -> str:
     try:
-        return resolve_strategy(name).summary
+        base, plus, variants = name.partition("+")  # an old name, silently: no rename notice here
+        return resolve_strategy(ALIASES.get(base, base) + plus + variants).summary
     except ValueError:
         return ""
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvmmu.mmu.invalidation import STRATEGIES, resolve_strategy
+from kvmmu.mmu.invalidation import ALIASES, STRATEGIES
 from kvmmu.report.tables import count
 from kvmmu.sim.results import RunResult, Sweep, percentile
 
@@ -98,10 +98,9 @@ def _figure(width: float, height: float) -> Figure:
 def _index(strategy: str) -> int:
     """The strategy's place in :data:`STRATEGIES` (aliases and variants resolved), or beyond it."""
     base = strategy.split("+")[0]
-    try:
-        canonical = resolve_strategy(base).name
-    except ValueError:
-        return len(STRATEGIES) + sum(map(ord, base)) % (len(_PALETTE) - len(STRATEGIES))
+    canonical = ALIASES.get(base, base)  # an old name draws like its new one, silently
+    if canonical not in STRATEGIES:
+        return len(STRATEGIES) + sum(map(ord, base)) % max(1, len(_PALETTE) - len(STRATEGIES))
     return list(STRATEGIES).index(canonical)
 
 

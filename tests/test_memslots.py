@@ -273,3 +273,59 @@ def test_a_new_snapshot_shares_all_but_a_path_with_its_predecessor() -> None:
     shared = leaves(before) & leaves(after)
     assert len(leaves(after)) - len(shared) == 1  # only the changed slot's leaf was copied
     assert before.by_id[500].flags == 0 and after.by_id[500].flags == KVM_MEM_LOG_DIRTY_PAGES
+
+
+def test_each_kernel_has_its_own_slot_limit() -> None:
+    """KVM_USER_MEM_SLOTS: 125 in v3.10/v3.17/v3.18 (so 3.11), 509 by v4.4, 32764 on current
+    kernels (KVM_CAP_NR_MEMSLOTS on this project's machines)."""
+    for name, limit in (("generation-3.11", 125), ("generation-3.18", 125),
+                        ("generation-4.19", 509), ("generation", 32764)):
+        vm = VM(name)
+        assert errno_of(vm, limit - 1, 0, 0x400000, 0x1000, HVA) == "ok", name
+        assert errno_of(vm, limit, 0, 0x800000, 0x1000, HVA) == "EINVAL", name
+
+
+def test_a_slot_over_the_apic_access_page_is_eexist_from_4_4_on() -> None:
+    """The APIC access page is a private memslot at 0xFEE00000 on VMX hosts with an in-kernel
+    LAPIC; v4.4.121's overlap check sees private slots (EEXIST), 3.x skipped ``id >=
+    KVM_USER_MEM_SLOTS``.  This project's host (kvm_pvm) has no such slot: off by default."""
+    apic = (0, 0, 0xFEE0_0000, 0x1000, HVA)
+    assert errno_of(VM("generation", apic_access_page=True), *apic) == "EEXIST"
+    assert errno_of(VM("generation-4.2", apic_access_page=True), *apic) == "EEXIST"
+    assert errno_of(VM("generation-3.18", apic_access_page=True), *apic) == "ok"
+    assert errno_of(VM("generation"), *apic) == "ok"
+    assert errno_of(VM("generation", apic_access_page=True), 0, 0, 0xFEC0_0000, 0x20_1000,
+                    HVA) == "EEXIST"  # any overlap, not only the exact page
+    assert errno_of(VM("generation", apic_access_page=True), 1 << 16, 0, 0xFEE0_0000, 0x1000,
+                    HVA) == "ok"  # SMM address space: the private slot is in space 0 only
+
+
+def test_the_max_gfn_is_the_host_maxphyaddr_under_ept_and_52_bits_under_shadow_paging() -> None:
+    """kvm_mmu_max_gfn(): ``max_gpa_bits = likely(tdp_enabled) ? shadow_phys_bits : 52``."""
+    ept = VM("generation", mmu="ept", maxphyaddr=46)
+    assert ept.kvm.phys_bits == 46
+    assert errno_of(ept, 0, 0, (1 << 46) - 0x1000, 0x1000, HVA) == "ok"
+    assert errno_of(ept, 1, 0, 1 << 46, 0x1000, HVA) == "EINVAL"
+    shadow = VM("generation", mmu="shadow", maxphyaddr=46)
+    assert shadow.kvm.phys_bits == 52
+    assert errno_of(shadow, 1, 0, 1 << 46, 0x1000, HVA) == "ok"
+
+
+def test_a_failing_move_is_invalidated_and_flushed_before_it_fails_on_6_x() -> None:
+    """v6.1 kvm_set_memslot(): a MOVE first publishes the slot invalid (a generation bump) and
+    flushes (kvm_mmu_zap_all_fast), then kvm_arch_prepare_memory_region() refuses a slot beyond
+    kvm_mmu_max_gfn() and kvm_activate_memslot() restores the old one (another bump)."""
+    vm = VM("generation", mmu="ept", maxphyaddr=46)
+    vm.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x10)
+    gen, zaps = vm.generation, vm.stats["zap_all_fast"]
+    assert errno_of(vm, 0, 0, 1 << 46, 0x1000, HVA) == "EINVAL"
+    assert vm.generation == gen + 4  # two publishes of two steps each (two address spaces)
+    assert vm.stats["zap_all_fast"] == zaps + 1 and vm.stats["shadow_pages"] == 0
+    (slot,) = vm.memslots()
+    assert slot.base_gfn == 0 and not slot.invalid  # the old slot is back
+    assert vcpu.access(0x10).kind.value == "ram"
+    create = VM("generation", mmu="ept", maxphyaddr=46)
+    assert errno_of(create, 0, 0, 1 << 46, 0x1000, HVA) == "EINVAL"
+    assert create.generation == 0  # a CREATE is refused before anything is published

@@ -77,3 +77,39 @@ def test_a_zap_all_fast_fires_once_and_each_freed_page_fires_prepare_zap() -> No
     assert vm.kvm.mmu.mmu_valid_gen == 1
     assert all(r.text.startswith("sp gen 0 ") for r in vm.kvm.trace.records
                if r.event == "kvm_mmu_prepare_zap_page")  # the obsolete generation
+
+
+def test_check_mmio_spte_is_not_traced_while_an_update_is_in_progress() -> None:
+    """5.1+ mmu.c check_mmio_spte(): ``if (unlikely(gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS))
+    return false;`` comes before trace_check_mmio_spte(); 3.x/4.x traced every check."""
+    from kvmmu.mmu.steps import Step
+
+    for name, traced_in_window in (("generation", False), ("generation-3.18", True)):
+        vm = VM(name, trace=True)
+        a = vm.create_vcpu()
+        a.access(0xFEE0_0000)  # MMIO SPTE
+        a.access(0xFEE0_1000)  # the per-vCPU cache moves on
+        assert vm.kvm.trace is not None
+        update = vm.set_user_memory_region_steps(0, 0, 0, 0x1000, 0x7F00_0000_0000)
+        for step in update:
+            if step is Step.SRCU_SYNC:  # published: the generation says "in progress" (or odd)
+                break
+        vm.kvm.trace.records.clear()
+        a.access(0xFEE0_0000)  # fast path during the update: the check fails either way
+        checks = [r for r in vm.kvm.trace.records if r.event == "check_mmio_spte"]
+        assert bool(checks) is traced_in_window, name
+        for _ in update:
+            pass
+
+
+def test_mark_mmio_spte_traces_the_access_stored_in_the_spte() -> None:
+    """3.11-5.1: ``access & (ACC_WRITE_MASK | ACC_USER_MASK)`` (6 for a full access); later
+    kernels: ``access & shadow_mmio_access_mask``, which is 0 under EPT."""
+    old = VM("generation-3.11", trace=True)
+    old.create_vcpu().access(0xFEE0_0000)
+    new = VM("generation", trace=True)
+    new.create_vcpu().access(0xFEE0_0000)
+    for vm, access in ((old, "access 6 "), (new, "access 0 ")):
+        assert vm.kvm.trace is not None
+        (mark,) = [r.text for r in vm.kvm.trace.records if r.event == "mark_mmio_spte"]
+        assert access in mark, mark

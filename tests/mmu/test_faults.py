@@ -227,3 +227,90 @@ def test_before_3_18_the_same_window_leaves_a_stale_per_vcpu_cache(strategy: str
         pass
     assert {v.kind for v in vm.check_state()} == {"stale-mmio-cache"}
     assert STRATEGIES[strategy].expected_violations  # a known bug of the kernel, so marked
+
+
+def test_the_per_vcpu_cache_is_filled_before_the_max_gfn_test() -> None:
+    """Current mmu.c kvm_handle_noslot_fault(): vcpu_cache_mmio_info() first, then the
+    mmio_caching test, then ``fault->gfn > kvm_mmu_max_gfn()`` (no MMIO SPTE for such a gfn)."""
+    vm = VM("generation", mmu="ept", maxphyaddr=46, phys_bits=46)
+    vcpu = vm.create_vcpu()
+    high = (1 << 46) - 0x1000  # the last gfn: still allowed
+    vcpu.access(high)
+    assert vm.stats["pf_mmio_spte_created"] == 1
+    # A guest told a wider MAXPHYADDR than the host's (nested, "tricked by L0 userspace"): the
+    # vCPU accepts 52-bit gpas, kvm_mmu_max_gfn() is the host's 46 bits.
+    wide = VM("generation", phys_bits=52, maxphyaddr=46)
+    v = wide.create_vcpu()
+    wide.kvm.phys_bits = 46
+    v.access(1 << 47)
+    assert v.arch.mmio_gfn == (1 << 47) >> 12  # cached ...
+    assert wide.stats["pf_mmio_spte_created"] == 0  # ... but no MMIO SPTE
+
+
+def test_the_per_vcpu_cache_is_tagged_with_address_space_0s_generation() -> None:
+    """x86.h vcpu_cache_mmio_info()/vcpu_match_mmio_gen() read kvm_memslots(vcpu->kvm), i.e.
+    address space 0, even for a vCPU in SMM (v4.4, v5.1, v6.1, v6.8)."""
+    vm = VM("generation", address_spaces=2)
+    vcpu = vm.create_vcpu()
+    vcpu.as_id = 1
+    vcpu.access(0xFEE0_0000)
+    assert vcpu.arch.mmio_gen == vm.kvm.memslots.active[0].generation
+    assert vcpu.arch.mmio_gen != vm.kvm.memslots.active[1].generation
+
+
+def test_a_fault_that_finds_its_spte_already_there_is_pf_spurious() -> None:
+    """kvm_mmu_do_page_fault() counts RET_PF_SPURIOUS in pf_spurious: mmu_set_spte() found the
+    SPTE it would write (another vCPU fixed the fault first); a retry is not spurious."""
+    vm = VM("generation")
+    vm.set_user_memory_region(0, 0, 0, 0x10000, HVA)
+    a, b = vm.create_vcpu(), vm.create_vcpu()
+    b.access(0)  # b has a root
+    steps = a.access_steps(0x1000)
+    for step in steps:
+        if step is Step.MMU_LOCK and a.arch.root is not None:
+            break  # a has seen the SPTE missing and waits for mmu_lock
+    b.access(0x1000)  # b maps it first
+    for _ in steps:
+        pass
+    assert a.stats.pf_spurious == 1 and a.stats.pf_fixed == 0
+    assert vm.stats["pf_retry"] == 0
+
+
+def test_turning_dirty_logging_off_lets_huge_pages_come_back_from_4_1() -> None:
+    """kvm_mmu_zap_collapsible_sptes() (3ea3b7fa9af0, 4.1): when logging stops, the 4 KiB
+    tables of the slot are zapped so the next fault maps 2 MiB again; 3.18 kept them."""
+    for name, huge_again in (("generation", True), ("generation-3.18", False)):
+        vm = VM(name, large_pages=True)
+        vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 4 << 20, HVA)
+        vcpu = vm.create_vcpu()
+        vcpu.access(0x1000, write=True, value=1)  # logging: mapped at 4 KiB
+        assert not vcpu.access(0x1000).spte & SPTE_LARGE
+        vm.set_user_memory_region(0, 0, 0, 4 << 20, HVA)  # logging off
+        out = vcpu.access(0x1000)
+        assert bool(out.spte & SPTE_LARGE) is huge_again, name
+        assert out.value == 1
+
+
+def test_3_9_zapped_nothing_on_a_create_at_gpa_0() -> None:
+    """v3.9 kvm_arch_commit_memory_region() had no change type: ``if (npages && old.base_gfn !=
+    mem->guest_phys_addr >> PAGE_SHIFT)``, and an empty old slot has base_gfn 0."""
+    vm = VM("zap-all-3.9", oracle=False)
+    vm.set_user_memory_region(0, 0, 0x100000, 0x10000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x100000)
+    pages = vm.stats["shadow_pages"]
+    vm.set_user_memory_region(1, 0, 0, 0x1000, HVA + (1 << 32))  # CREATE at gpa 0
+    assert vm.stats["shadow_pages"] == pages
+    vm.set_user_memory_region(2, 0, 0x200000, 0x1000, HVA + (2 << 32))  # elsewhere: zap all
+    assert vm.stats["shadow_pages"] == 0
+
+
+def test_x86_vms_have_two_address_spaces_from_4_2_on() -> None:
+    """KVM_ADDRESS_SPACE_NUM is 2 on x86 since f481b069e674 (4.2; from 6.2 under CONFIG_KVM_SMM,
+    default y); 3.x had one."""
+    assert VM("generation").kvm.memslots.nr_as == 2
+    assert VM("generation-4.2").kvm.memslots.nr_as == 2
+    assert VM("generation-3.18").kvm.memslots.nr_as == 1
+    assert VM("generation", address_spaces=1).kvm.memslots.nr_as == 1
+    with pytest.raises(ValueError, match="address_spaces must be 1..1 for generation-3.11"):
+        VM("generation-3.11", address_spaces=2)

@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
 
 PAGE_OFFSET_MASK: Final = (1 << PAGE_SHIFT) - 1
+ACC_WRITE_USER: Final = 0x6  # ACC_WRITE_MASK | ACC_USER_MASK
 #: Shift of the gfn index at levels 4, 3, 2, 1 of the walk.
 _LEVEL_SHIFTS: Final = (27, 18, 9, 0)
 _LEAF_SHIFT: Final = (0,)
@@ -507,9 +508,11 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         stats.pf_mmio_spte_created += 1
         stats.pf_emulate += 1
         if trace is not None:
-            # The access field is the access stored in the SPTE: ``access & (ACC_WRITE_MASK |
-            # ACC_USER_MASK)`` in 3.11-5.1, ``access & shadow_mmio_access_mask`` later (0 on EPT).
-            trace.mark_mmio_spte(vcpu.id, sp.hpa + 8 * idx, gfn, access_bits, spte_gen)
+            # The access field: ``access & (ACC_WRITE_MASK | ACC_USER_MASK)`` in 3.x-5.1,
+            # ``access & shadow_mmio_access_mask`` later (0 on EPT), i.e. what the SPTE stores.
+            shown = (ACC_ALL & ACC_WRITE_USER if kvm.strategy.trace_access_write_user
+                     else access_bits)
+            trace.mark_mmio_spte(vcpu.id, sp.hpa + 8 * idx, gfn, shown, spte_gen)
         result = _EMULATE
     else:
         base = gfn if level == 1 else gfn & ~511

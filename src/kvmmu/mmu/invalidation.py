@@ -91,6 +91,9 @@ class Strategy:
     #: hook the hypothetical zap-all-fast is built on: a vCPU that read a not-yet-zapped SPTE
     #: cannot cache it under the final generation -- a window ``kvmmu check`` found).
     create_zap_at: str = "commit"
+    #: What ``mark_mmio_spte``'s access field shows: ``access & (ACC_WRITE_MASK | ACC_USER_MASK)``
+    #: (3.x to 5.1) or ``access & shadow_mmio_access_mask`` (later; 0 under EPT).
+    trace_access_write_user: bool = False
     #: ``kvm_mmu_max_gfn()`` bounds new slots (EINVAL) in ``kvm_arch_prepare_memory_region``.
     max_gfn_check: bool = True
     commits: tuple[str, ...] = ()  # the commits that define this behaviour
@@ -158,6 +161,7 @@ _BUG_WRAP_LATE = ("wrap zap after the generation is final: in that window a vCPU
 STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
     Strategy(
         "zap-all-3.9", "CREATE/MOVE and DELETE free every shadow page under mmu_lock",
+        trace_access_write_user=True,
         kernels="<= 3.9", era="2013", layout="2013", mmio_generation=False,
         create_zap="all-slow", create_zap_by_base=True, slot_zap="all-slow",
         cache_generation=False, invalid_slot_fault="mmio", mmio_pf_bug=True,
@@ -169,6 +173,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_CACHE, _BUG_PF)),
     Strategy(
         "zap-mmio-3.10", "CREATE/MOVE walk the whole active list, zapping pages flagged mmio_cached",
+        trace_access_write_user=True,
         kernels="3.10", era="2013", layout="2013", mmio_generation=False,
         create_zap="mmio-cached", slot_zap="all-slow", cache_generation=False,
         invalid_slot_fault="mmio", mmio_pf_bug=True, valid_gen_toggles=False,
@@ -183,6 +188,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_CACHE, _BUG_PF)),
     Strategy(
         "generation-3.11", "the seed: generation in the MMIO SPTE, one bump per publish",
+        trace_access_write_user=True,
         kernels="3.11", era="2013", layout="2013", mmio_generation=True, create_zap=None,
         slot_zap="all", wrap_check="commit", cache_generation=False, invalid_slot_fault="mmio",
         mmio_pf_bug=True, valid_gen_toggles=False, zap_collapsible=False,
@@ -201,6 +207,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_CACHE, _BUG_RACE, _BUG_PF)),
     Strategy(
         "generation-3.18", "the 2014 fixes: odd generation while in progress, tagged vCPU cache",
+        trace_access_write_user=True,
         kernels="3.18 - 4.1", era="2014", layout="2014", mmio_generation=True, create_zap=None,
         slot_zap="all", cache_generation=True, invalid_slot_fault="mmio",
         valid_gen_toggles=False, zap_collapsible=False, default_address_spaces=1,
@@ -219,6 +226,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_WRAP_LATE,)),
     Strategy(
         "generation-4.2", "two address spaces (SMM), each at -150 and +2 per update",
+        trace_access_write_user=True,
         kernels="4.2 - 4.4", era="2014", layout="2014", mmio_generation=True, create_zap=None,
         slot_zap="all", cache_generation=True, invalid_slot_fault="mmio", valid_gen_toggles=False,
         nr_memslots=509, max_gfn_check=False,
@@ -232,6 +240,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_WRAP_LATE,)),
     Strategy(
         "generation-4.19", "address spaces split the generation space (0, 4, 8 / 2, 6, 10)",
+        trace_access_write_user=True,
         kernels="4bd518f1598d (after 4.4) - 5.0", era="2015", layout="2014",
         mmio_generation=True, create_zap=None, slot_zap="all", cache_generation=True,
         invalid_slot_fault="mmio", valid_gen_toggles=False, nr_memslots=509, max_gfn_check=False,
@@ -244,6 +253,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         known_bugs=(_BUG_WRAP_LATE, _BUG_WRAP_ONE_AS)),
     Strategy(
         "generation-5.1", "KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS flag, step by address spaces",
+        trace_access_write_user=True,
         kernels="5.1 - 5.2", era="modern", layout="2013", mmio_generation=True,
         create_zap=None, slot_zap="slot", wrap_zap_kind="mmio-cached", invalid_slot_fault="mmio",
         nr_memslots=509, max_gfn_check=False,

@@ -312,5 +312,5 @@ def test_x86_vms_have_two_address_spaces_from_4_2_on() -> None:
     assert VM("generation-4.2").kvm.memslots.nr_as == 2
     assert VM("generation-3.18").kvm.memslots.nr_as == 1
     assert VM("generation", address_spaces=1).kvm.memslots.nr_as == 1
-    with pytest.raises(ValueError, match="address_spaces must be 1..1 for generation-3.11"):
+    with pytest.raises(ValueError, match=r"address_spaces must be 1\.\.1 for generation-3\.11"):
         VM("generation-3.11", address_spaces=2)

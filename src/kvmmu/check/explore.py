@@ -44,8 +44,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kvmmu.check.keys import FrameCanon, Keyer, ThreadHasher, with_context
+from kvmmu.check.por import Edges, footprint, independent, reads_of
 from kvmmu.check.schedule import FREE_SWITCH_STEPS, is_preemption
 from kvmmu.check.world import CheckConfig, Finding, World
+from kvmmu.mmu.steps import BLOCKING_STEPS, Step
 
 DEFAULT_MAX_DEPTH: Final = 2000
 
@@ -59,6 +61,8 @@ class Stats:
     completed: int = 0  # runs in which every thread finished
     steps: int = 0  # steps executed, replays included
     pruned: int = 0  # runs cut at a state already explored
+    sleep_pruned: int = 0  # transitions not taken: known to lead to a state already explored
+    queue: int = 0  # alternatives waiting on the stack
     cut: int = 0  # runs cut at max_depth
     elapsed: float = 0.0
 
@@ -87,6 +91,8 @@ class Result:
     max_depth: int
     seed: int | None = None
     schedules_requested: int | None = None
+    #: the visited set's keys (with ``keep_states=True``): what the search reached
+    states: frozenset[int] | None = None
 
 
 Progress = Callable[[Stats], None]
@@ -118,19 +124,67 @@ def _step(world: World, t: int) -> list[Finding]:
         return [Finding("crash", f"crash: {name} raised {type(exc).__name__}: {exc}")]
 
 
+@dataclass(slots=True)
+class _Node:
+    """A state where a run left alternatives on the stack: what was explored from it so far.
+
+    ``done`` lists the transitions already taken from it (thread, footprint, world hash after
+    it, scheduler context after it); ``sleep`` the sleeping transitions the run had there.
+    Alternatives are popped after the subtrees of the transitions taken before them (LIFO), so
+    when one starts, ``done`` holds exactly its earlier siblings.
+    """
+
+    world_hash: int
+    done: list[_Sleeper] = field(default_factory=list)
+    sleep: list[_Sleeper] = field(default_factory=list)
+
+
+#: (thread, parts it read, parts it wrote, world hash after it, its pending step after it)
+_Sleeper = tuple[int, int, int, int, "Step | None"]
+
+
+def _context_after(t: int, pending: Step | None) -> int | bool | None:
+    """The scheduler context after thread t's step, from the step it then waits at.
+
+    False when it cannot be known without the world: a blocking step may or may not be blocked.
+    """
+    if pending is None or pending in FREE_SWITCH_STEPS:
+        return None
+    if pending in BLOCKING_STEPS:
+        return False
+    return t
+
+
+def _verify_cut(config: CheckConfig, canon: FrameCanon, schedule: tuple[int, ...],
+                expected: int, source: str) -> None:
+    world = World(config)
+    for t in schedule:
+        world.step(t)
+    keyer = Keyer(world, canon)
+    got = keyer.world_hash(keyer.shared.components())
+    if got != expected:
+        raise AssertionError(f"a cut by {source} at {schedule} does not lead where it said")
+
+
 def explore(
     config: CheckConfig,
     *,
     preemptions: int | None = None,
     max_depth: int = DEFAULT_MAX_DEPTH,
     depth_is_bound: bool = False,
+    reduce: bool = True,
+    verify_sleep: bool = False,
+    keep_states: bool = False,
     progress: Progress | None = None,
     progress_every: int = 50,
 ) -> Result:
     """Exhaustive search up to ``preemptions`` (None: unbounded) and ``max_depth`` steps.
 
     ``depth_is_bound`` makes ``max_depth`` a bound the state cache respects (a state is explored
-    again when reached at a smaller depth); otherwise it is only a safety cap.
+    again when reached at a smaller depth); otherwise it is only a safety cap.  ``reduce`` turns
+    on the sleep sets (:mod:`kvmmu.check.por`); it never changes the set of states reached.
+    ``verify_sleep`` (for tests) replays every transition a sleep set cut and checks that it
+    leads where the sleep set said; ``keep_states`` returns the visited keys in the result.
     """
     stats = Stats()
     t0 = time.perf_counter()
@@ -140,11 +194,23 @@ def explore(
     visited: dict[int, tuple[tuple[int, int], ...]] = {}
     # Shared states whose invariant held: check_state() reads shared state only.
     checked: set[int] = set()
-    # (schedule prefix, preemptions it used, thread hashes before its last step)
-    stack: list[tuple[tuple[int, ...], int, tuple[ThreadHasher.Seed, ...]]] = [((), 0, ())]
+    edges = Edges()
+    # (schedule prefix, preemptions it used, thread hashes before its last step, its node)
+    stack: list[tuple[tuple[int, ...], int, tuple[ThreadHasher.Seed, ...], _Node | None]] = [
+        ((), 0, (), None)]
     failure: Failure | None = None
+    # Only vCPU steps are functions of the state key: the VMM's zap loops iterate lists built
+    # earlier, on the frame's value stack where the key cannot see them (kvmmu.check.state), so
+    # two VMMs with equal keys may take different next steps.  The edge map holds vCPU steps.
+    vcpus = config.vcpus
+    checks: list[tuple[tuple[int, ...], int, str]] = []  # (schedule, world hash, why) of cuts
+
+    def dominated(key: int, point: tuple[int, int]) -> bool:
+        front = visited.get(key)
+        return front is not None and any(p <= point[0] and d <= point[1] for p, d in front)
+
     while stack and failure is None:
-        prefix, pre, seeds = stack.pop()
+        prefix, pre, seeds, node = stack.pop()
         stats.schedules += 1
         run = _Run(World(config), preemptions=pre)
         world = run.world
@@ -152,20 +218,47 @@ def explore(
         if prefix:
             keyer.threads.seed(seeds, prefix[-1])
         findings: list[Finding] = []
+        before: list[int] | None = None  # shared parts before the last step taken
+        reads = 0  # the parts the last step taken may read
         for i, t in enumerate(prefix):
+            if reduce and i == len(prefix) - 1:
+                before = keyer.shared.components().parts
+                reads = reads_of(world, t)
             findings = _step(world, t)
             if findings and i < len(prefix) - 1:
                 raise AssertionError("a replayed prefix failed before its last step")
         stats.steps += len(prefix)
         run.schedule = list(prefix)
         run.last = prefix[-1] if prefix else None
+        # The sleeping transitions: each with the world hash it would lead to from here.
+        sleep: list[_Sleeper] = []
+        came_from = node  # the node of the state before the last step, when it has one
+        prev_hash = node.world_hash if node is not None else 0
         while not findings:
             # Key and check the state first: the final state (every thread done) is where a stale
             # SPTE left by the last update shows.
             depth = len(run.schedule)
             components = keyer.shared.components()
-            key = with_context(keyer.world_hash(components),
-                               _switch_context(world, run.last) if bounded else None)
+            world_hash = keyer.world_hash(components)
+            context = _switch_context(world, run.last) if bounded else None
+            key = with_context(world_hash, context)
+            if reduce and run.last is not None and before is not None:
+                # Book the step just taken: its footprint, where it led, and wake the sleepers
+                # that depend on it.
+                u = run.last
+                foot = footprint(before, components.parts)
+                if u < vcpus:
+                    edges.add(prev_hash, u, world_hash, world.threads[u].pending)
+                if came_from is not None:
+                    earlier = [*came_from.sleep, *came_from.done]
+                    came_from.done.append((u, reads, foot, world_hash, world.threads[u].pending))
+                    sleep = earlier
+                sleep = [(t, r, w, nxt, c) for t, r, w, h, c in sleep
+                         if independent(t, r, w, u, reads, foot)
+                         and (nxt := edges.get(h, u)) is not None]
+                came_from = None
+            before = components.parts
+            prev_hash = world_hash
             point = (run.preemptions, depth if depth_is_bound else 0)
             front = visited.get(key)
             if front is not None and any(p <= point[0] and d <= point[1] for p, d in front):
@@ -196,30 +289,61 @@ def explore(
             order = enabled
             if run.last in enabled:
                 order = [run.last, *(t for t in enabled if t != run.last)]
+            asleep = {s[0]: s for s in sleep}
             first: tuple[int, int] | None = None
             seeds = keyer.threads.seeds()
+            alternatives: list[tuple[int, int]] = []
             for t in order:
                 p = run.preemptions + is_preemption(world, run.last, t)
                 if preemptions is not None and p > preemptions:
                     continue
+                sleeper = asleep.get(t)
+                known = edges.get_full(world_hash, t) if reduce and t < vcpus else None
+                source = "edge"
+                if known is None and sleeper is not None:
+                    source = "sleep"
+                    known = (sleeper[3], sleeper[4])
+                    if t < vcpus:
+                        edges.add(world_hash, t, *known)
+                if known is not None:
+                    # Where t leads is known (the same world stepped before, or a sleep set's
+                    # commuted order): cut it if that state was reached with no more preemptions.
+                    after = _context_after(t, known[1]) if bounded else None
+                    if after is not False and dominated(
+                            with_context(known[0], after), (p, depth + 1 if depth_is_bound else 0)):
+                        stats.sleep_pruned += 1
+                        if verify_sleep:
+                            checks.append(((*run.schedule, t), known[0], source))
+                        continue
                 if first is None:
                     first = (t, p)
                 else:
-                    stack.append(((*run.schedule, t), p, seeds))
+                    alternatives.append((t, p))
+            if alternatives:
+                here = _Node(world_hash, sleep=list(sleep)) if reduce else None
+                for t, p in alternatives:
+                    stack.append(((*run.schedule, t), p, seeds, here))
+                came_from = here
             if first is None:
                 break
             t, run.preemptions = first
             run.schedule.append(t)
             run.last = t
             stats.steps += 1
+            if reduce:
+                reads = reads_of(world, t)
             keyer.ran(t)
             findings = _step(world, t)
         if findings:
             failure = Failure(tuple(run.schedule), tuple(findings))
         if progress is not None and stats.schedules % progress_every == 0:
             stats.elapsed = time.perf_counter() - t0
+            stats.queue = len(stack)
             progress(stats)
+    for schedule, expected, source in checks:
+        _verify_cut(config, canon, schedule, expected, source)
     stats.elapsed = time.perf_counter() - t0
+    stats.queue = len(stack)
     if progress is not None:
         progress(stats)
     return Result(
@@ -229,6 +353,7 @@ def explore(
         complete=stats.cut == 0 and failure is None,
         preemptions=preemptions,
         max_depth=max_depth,
+        states=frozenset(visited) if keep_states else None,
     )
 
 

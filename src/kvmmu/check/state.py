@@ -16,11 +16,18 @@ carries (VM, ``struct kvm``, vCPU, MMU, codec, locks, statistics, tracer) are dr
 are the same objects in every schedule and their contents are shared state already keyed.  An
 unknown type is an error, not silently dropped: a new local in the core must be looked at.
 
-One abstraction, argued: ``access()``'s ``traps`` counts the traps taken by the current access and
+Two abstractions, argued.  First, ``access()``'s ``traps`` counts the traps taken by the current access and
 only feeds ``Outcome.traps`` and the ``traps == 0`` test (was the answer a hardware hit), neither
 of which the oracle judges; it is keyed as ``min(traps, 1)``.  Without this a vCPU that retries
 while an update is in flight would reach a new state per retry and the search would only stop at
-the depth cap; with it the retry loop closes on a visited state.
+the depth cap; with it the retry loop closes on a visited state.  Second, the vCPU's
+paging-structure cache (``vcpu.psc_page``, a hint that never changes an answer, and not part of
+``state_key``) is copied into the locals ``psc`` and ``shifts`` of the walk in progress; they are
+dead once the walk has ended, and keying them made two equal states step to different keys (the
+partial-order reduction's edge map, which relies on a step being a function of the key, found it),
+so they are keyed as a constant.  Likewise the zaps' ``live`` (entries a freed page held, for
+``sptes_dropped`` only) and ``_page`` come from a list ``unlink()`` built earlier and iterated on
+the value stack, invisible to the key; they feed statistics only.
 
 Temporaries on the frames' value stacks (a ``for`` loop's iterator over a list snapshot taken
 under ``mmu_lock``) are invisible from Python; in the protocol code such a loop runs under the lock
@@ -80,6 +87,11 @@ _DROP: Final = object()
 #: Per-(function, local) abstractions; each must be argued in the module docstring.
 ABSTRACTIONS: Final[dict[tuple[str, str], Callable[[Any], Hashable]]] = {
     ("access", "traps"): lambda v: min(v, 1),
+    ("access", "psc"): lambda v: 0,
+    ("access", "shifts"): lambda v: 0,
+    ("_page_fault", "psc"): lambda v: 0,
+    **{(zap, local): (lambda v: 0) for zap in ("zap_all_fast", "zap_all_slow", "zap_mmio_sptes")
+       for local in ("live", "_page")},
 }
 
 

@@ -39,7 +39,7 @@ def test_the_incremental_key_equals_the_key_from_scratch_on_random_runs(strategy
                 steps += 1
                 parts = keyer.shared.components()
                 assert parts == scratch_components(world)
-                m = parts.parts[1]
+                m = keyer.token(parts)
                 for i, thread in enumerate(world.threads):
                     assert keyer.threads.thread_hash(i, m) == scratch_thread_hash(thread)
     assert steps > 500

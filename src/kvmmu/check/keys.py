@@ -234,7 +234,8 @@ class SharedHasher:
         for v in vm.vcpus:
             a = v.arch
             root = a.root
-            rname = NONE if root is None else (root.as_id, root.level, root.gfn, root.mmu_valid_gen)
+            rname = NONE if root is None else (root.as_id, root.level, root.gfn,
+                                               root.mmu_valid_gen, root.invalid)
             parts.append(hash((a.as_id, rname, a.mmio_gfn, a.mmio_gen, lock is a)))
             e = readers.get(a)
             parts.append(0 if e is None else (2 if waiting is not None and e < waiting else 1))
@@ -291,8 +292,9 @@ class FrameCanon:
             return NONE
         if kind is str:
             return (7, self.str_id(v))
-        if kind is ShadowPage:
-            return (1, v.as_id, v.level, v.gfn, v.mmu_valid_gen)
+        if kind is ShadowPage:  # role.invalid is set when another thread zaps it
+            self.volatile = SHARED
+            return (1, v.as_id, v.level, v.gfn, v.mmu_valid_gen, v.invalid)
         if kind is Memslot:
             return (2, *memslot_key(v))
         if kind is Memslots:
@@ -360,8 +362,10 @@ class ThreadHasher:
 
     A frame is reused when it has not run (see the module docstring) and, if it holds a mutable
     container, its thread has not run (an inner frame may have written it), and, if it holds a
-    memslot snapshot, the shared memslot part ``M`` is the one it was hashed with (snapshots are
-    written in place only by an update, which changes ``M``).
+    memslot snapshot or a shadow page, the memslot part ``M`` and the count of pages freed are
+    those it was hashed with (snapshots are
+    written in place only by an update, which changes ``M``; a shadow page's ``invalid`` flag is
+    set only as the page is freed).
     """
 
     __slots__ = ("_chains", "_hashes", "_ran", "canon", "world")
@@ -463,10 +467,15 @@ class Keyer:
     def ran(self, t: int) -> None:
         self.threads.ran(t)
 
+    def token(self, components: Components) -> int:
+        """What the shared objects frames hold may change with: memslot snapshots (M) and pages
+        being zapped (``role.invalid``, set as a page is freed, counted by ``mmu_shadow_zapped``)."""
+        return hash((components.parts[M], self.shared.vm.kvm.mmu.stats.mmu_shadow_zapped))
+
     def world_hash(self, components: Components) -> int:
         """Shared state and thread states, without the scheduler's context."""
         n = len(self.threads.world.threads)
-        m = components.parts[M]
+        m = self.token(components)
         return hash((components.combined(), *(self.threads.thread_hash(t, m) for t in range(n))))
 
 

@@ -124,8 +124,9 @@ class _Canon:
         kind = type(value)
         if kind in _PLAIN:
             return value
-        if kind is ShadowPage:
-            return ("sp", value.as_id, value.level, value.gfn, value.mmu_valid_gen)
+        if kind is ShadowPage:  # role.invalid is set when another thread zaps it
+            self.volatile = True
+            return ("sp", value.as_id, value.level, value.gfn, value.mmu_valid_gen, value.invalid)
         if kind is Memslot:
             return ("slot", *memslot_key(value))
         if kind is Memslots:
@@ -232,8 +233,14 @@ class KeyCache:
 
 
 def shared_key(world: World) -> tuple[Any, ...]:
-    """The shared state: ``vm.state_key()``."""
-    return world.vm.state_key()
+    """The shared state: ``vm.state_key()``, and whether each vCPU's root was zapped.
+
+    ``state_key`` names a vCPU's root by (as, level, gfn, ``mmu_valid_gen``); with a one-bit
+    ``mmu_valid_gen`` (5.4+) a root freed two zaps ago has the name of a live one, and guest entry
+    tests ``root.invalid`` (``is_obsolete_sp()``), so the flag is part of the state.
+    """
+    return (world.vm.state_key(),
+            tuple(v.arch.root is not None and v.arch.root.invalid for v in world.vm.vcpus))
 
 
 def world_key(world: World, extra: Hashable = None, cache: KeyCache | None = None) -> bytes:

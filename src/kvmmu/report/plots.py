@@ -160,14 +160,16 @@ def _minor_labeller(mantissas: tuple[float, ...]) -> Any:
 def _plain_ticks(ax: Axes, axis: str, values: Sequence[float]) -> None:
     """Tick labels as plain numbers (20, 300, 4,000) instead of 2×10^1, read without arithmetic;
     between decades the 2s and 5s are labelled, and the 3s too when the data spans two decades
-    or less (there are few major ticks then)."""
+    or less (there are few major ticks then); on an x axis, minor labels only within one decade."""
     from matplotlib.ticker import FuncFormatter
 
     positive = [v for v in values if v > 0]
     decades = math.log10(max(positive) / min(positive)) if positive else 0.0
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
-    minor = (2.0, 3.0, 5.0) if decades <= 2 else (2.0, 5.0)
+    minor: tuple[float, ...] = (2.0, 3.0, 5.0) if decades <= 2 else (2.0, 5.0)
+    if axis == "x":  # wide labels side by side: the minor ones only within a single decade
+        minor = (2.0, 5.0) if decades <= 1 else ()
     target.set_minor_formatter(FuncFormatter(_minor_labeller(minor)))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvmmu.report.plots import Plot, _figure, _finish, coincident_groups, style
+from kvmmu.report.plots import Plot, _figure, _finish, _plain_ticks, _stagger, coincident_groups, style
 from kvmmu.sim.results import Sweep
 
 
@@ -34,11 +34,14 @@ def seed_figure(data: Mapping[str, Any]) -> Plot:
     groups = coincident_groups({n: ys for n, (_, ys) in series.items()})
     handles, labels = [], []
     for name, (xs, ys) in series.items():
-        (h,) = left.plot(xs, [y / 1e3 for y in ys], ms=6, lw=1.8, alpha=0.9, **style(name).line())
+        (h,) = left.plot(xs, [y / 1e3 for y in ys], ms=6, lw=1.8, alpha=0.9, **style(name).line(),
+                         **_stagger(name, groups, len(xs)))
         handles.append(h)
         labels.append(name)
     left.set_xscale("log")
     left.set_yscale("log")
+    _plain_ticks(left, "x", [float(x) for xs, _ in series.values() for x in xs])
+    _plain_ticks(left, "y", [y / 1e3 for _, ys in series.values() for y in ys])
     left.set_xlabel("leaf shadow pages mapped when the VMM creates a slot")
     left.set_ylabel("memslot CREATE latency (µs, log)")
     left.set_title("VMM side: the walks grow, the generation does not", fontsize=10)
@@ -57,6 +60,9 @@ def seed_figure(data: Mapping[str, Any]) -> Plot:
                            textcoords="offset points", xytext=(6, -4), fontsize=7)
     right.set_xscale("log")
     right.set_yscale("log")
+    if fast:
+        _plain_ticks(right, "x", [float(p["warm_pages"]) for p in fast])
+        _plain_ticks(right, "y", [p["extra_stall_ns"] / 1e6 for p in fast])
     right.set_xlabel(f"warm 4 KiB pages per vCPU ({vcpus} vCPUs)")
     right.set_ylabel("vCPU time lost to one CREATE (ms, log)")
     right.set_title("vCPU side: the rejected alternative refaults everything", fontsize=10)

@@ -327,8 +327,14 @@ def update_latency_figure(run: RunResult) -> Plot:
                      meanprops={"marker": "^", "markerfacecolor": "white", "markeredgecolor": "black"},
                      medianprops={"color": "black", "linewidth": 1.5},
                      flierprops={"marker": "o", "markersize": 4, "markerfacecolor": "none"})
-    labels = [f"{n}\n(n={len(d)})" for n, d in zip(names, data, strict=True)]
-    ax.set_xticks(range(1, len(names) + 1), labels, rotation=20, ha="right", fontsize=8)
+    sizes = {len(d) for d in data}
+    if len(sizes) == 1:  # the same count under every box: said once, the ticks stay short
+        labels = names
+        ax.set_xlabel(f"strategy (n = {count(sizes.pop(), 'update')} each)", fontsize=9)
+    else:
+        labels = [f"{n}\n(n={len(d)})" for n, d in zip(names, data, strict=True)]
+    ax.set_xticks(range(1, len(names) + 1), labels, rotation=30, ha="right", rotation_mode="anchor",
+                  fontsize=8)
     for patch, name in zip(box["boxes"], names, strict=True):
         patch.set_facecolor(colour(name))
         patch.set_alpha(0.55)
@@ -364,6 +370,12 @@ def update_latency_figure(run: RunResult) -> Plot:
                 else "."
             )
         )
+        same = coincident_groups(
+            {r.strategy: [percentile(r.latencies, q) for q in (5, 25, 50, 75, 95, 100)]
+             for r in run.strategies if r.latencies}
+        )
+        if same:
+            caption += " " + " ".join(f"{_names(g)} have the same distribution (within 2 %)." for g in same)
     else:
         caption = "No memslot update changed anything in this run, so there is no latency to show."
     if scale != "linear":

@@ -668,7 +668,7 @@ def bars_figure(
     for label, value in published:
         ax.axhline(value, ls=":", color="black", lw=1)
         _reference_label(ax, label, value)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3, which="both")

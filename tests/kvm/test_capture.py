@@ -297,3 +297,38 @@ def _descendants(pid: int) -> set[str]:
         if q == pid and p != pid:
             names.add(comm)
     return names
+
+
+@pytest.mark.kvm
+def test_capturing_qemu_through_the_preload_shim_pairs_zaps_on_one_clock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("cc") is None:
+        pytest.skip("needs qemu-system-x86_64 and cc (apt-get install qemu-system-x86 gcc)")
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "capture",
+                "--via",
+                "preload",
+                "--timeout",
+                "3",
+                "--json",
+                "--out",
+                str(tmp_path / "p"),
+                "--",
+                *QEMU_POST,
+            ]
+        )
+    assert exc.value.code in (0, None)
+    cap = load_capture(tmp_path / "p")
+    assert cap.meta.sources == ("preload", "tracefs")
+    assert any(c.is_delete for c in cap.memslots)
+    # The shim decodes what strace 6.1 cannot: QEMU's coalesced VGA window, its quirks (none off).
+    assert (0xA0000, 0x20000) in cap.meta.coalesced_mmio
+    assert cap.meta.kernel.slot_zap == "all"
+    zaps = [e for e in cap.events if e.event == "kvm_mmu_zap_all_fast"]
+    assert zaps and all(
+        any(c.tid == z.tid and cap.window(c)[0] <= z.t_ns <= cap.window(c)[1] for c in cap.memslots)
+        for z in zaps
+    )

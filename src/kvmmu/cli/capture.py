@@ -52,15 +52,30 @@ def _default_out(command: tuple[str, ...]) -> Path:
     help="End the command (SIGTERM to its session) after this many seconds; Ctrl-C ends it too, "
     "and the capture is kept either way.",
 )
+@click.option(
+    "--via",
+    type=click.Choice(["strace", "preload"]),
+    default="strace",
+    show_default=True,
+    help="How memslot ioctls are seen: strace (any VMM; ptrace slows it) or preload (an "
+    "LD_PRELOAD ioctl shim compiled here with cc: no slowdown, decodes coalesced MMIO zones and "
+    "KVM_ENABLE_CAP quirks; dynamically linked VMMs only).",
+)
 @click.option("--strace", "strace_bin", default="strace", show_default=True, help="The strace to use.")
 @click.option("--json", "as_json", is_flag=True, help="Print the capture's summary as JSON.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 def command(
-    out_dir: Path | None, timeout: float | None, strace_bin: str, as_json: bool, command: tuple[str, ...]
+    out_dir: Path | None,
+    timeout: float | None,
+    via: str,
+    strace_bin: str,
+    as_json: bool,
+    command: tuple[str, ...],
 ) -> None:
     """Run CMD (a VMM: qemu-system-x86_64, firecracker, cloud-hypervisor...) and record its
-    memslot ioctls (strace, with times and durations) and the kvm/kvmmmu trace events of its own
-    process tree (a private tracefs instance, removed afterwards).
+    memslot ioctls (strace, or an LD_PRELOAD shim with --via preload; with times and durations)
+    and the kvm/kvmmmu trace events of its own process tree (a private tracefs instance, removed
+    afterwards).
 
     DIR must be new, empty or a folder kvmmu wrote. Writes DIR/capture.json.gz (the
     kvmmu-capture format, versioned; see the README) and DIR/strace.log.gz (strace's own log).
@@ -87,7 +102,7 @@ def command(
 
     out = out_dir if out_dir is not None else _default_out(command)
     try:
-        preflight(command, strace_bin)
+        preflight(command, strace_bin if via == "strace" else None)
         check_output_dir(out)  # before the run: never a VMM run whose capture cannot be kept
     except (OutputError, CaptureError) as exc:
         raise InputError(str(exc)) from None
@@ -98,7 +113,7 @@ def command(
             if not err.is_terminal
             else err.status(f"capturing {Path(command[0]).name} (ends when it exits)")
         ):
-            rec = record(command, strace=strace_bin, timeout=timeout)
+            rec = record(command, strace=strace_bin, timeout=timeout, via=via)
     except CaptureError as exc:
         raise InputError(str(exc)) from None
     cap = rec.capture
@@ -127,7 +142,8 @@ def command(
         click.echo(f"kvmmu: error: {command[0]} {how} (capture written to {out})", err=True)
         raise SystemExit(1)
     if not cap.memslots:
-        click.echo(f"kvmmu: warning: {command[0]} made no memslot ioctl (is it a KVM VMM?)", err=True)
+        hint = " (a statically linked VMM ignores LD_PRELOAD: use --via strace)" if via == "preload" else ""
+        click.echo(f"kvmmu: warning: {command[0]} made no memslot ioctl seen{hint}", err=True)
 
 
 def _print(f: dict[str, Any]) -> None:

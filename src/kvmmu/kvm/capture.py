@@ -3,7 +3,9 @@
 Design. Two observers, because the kernel offers no single one (see ``real-kvm-here.md``):
 
 * ``strace -f -e trace=ioctl`` with nanosecond absolute timestamps and durations sees every
-  ``KVM_SET_USER_MEMORY_REGION(2)`` the VMM makes, decoded (:mod:`kvmmu.kvm.strace`);
+  ``KVM_SET_USER_MEMORY_REGION(2)`` the VMM makes, decoded (:mod:`kvmmu.kvm.strace`); or the
+  ``LD_PRELOAD`` shim of :mod:`kvmmu.kvm.preload` logs the same calls in the same form, without
+  ptrace's slowdown, on CLOCK_MONOTONIC, with the coalesced MMIO zones and quirks decoded;
 * a private tracefs instance (:class:`kvmmu.kvm.tracefs.TraceRecorder`, filtered to the VMM's own
   process tree with ``set_event_pid`` + ``event-fork``, clock ``mono``) records what the kernel did
   about it: ``kvm_mmu_zap_all_fast``, ``kvm_mmu_get_page``, ``kvm_mmu_prepare_zap_page``,
@@ -109,6 +111,8 @@ class CaptureMeta:
     tids: tuple[int, ...] = ()
     kvm_runs: int = 0
     coalesced_zones: int = 0
+    #: Coalesced MMIO zones ``(addr, size)`` where the log decoded them (``--via preload``).
+    coalesced_mmio: tuple[tuple[int, int], ...] = ()
     irqchip: bool = False
     undecoded_memslot_ioctls: int = 0
     events_enabled: tuple[str, ...] = ()
@@ -188,9 +192,14 @@ class Capture:
     def count(self, event: str) -> int:
         return sum(1 for e in self.events if e.event == event)
 
-    def window(self, call: MemslotCall, slack_ns: int = 20_000) -> tuple[int, int]:
-        """The times within which the kernel handled ``call`` (strace's view plus a slack:
-        strace stamps the entry after the ptrace stop and the exit before it resumes)."""
+    def window(self, call: MemslotCall, slack_ns: int = 1_000) -> tuple[int, int]:
+        """The times within which the kernel handled ``call``, with a slack.
+
+        strace stamps a call at its syscall-entry stop, before the kernel runs the ioctl, and
+        its end at the exit stop, after (the shim stamps around libc's call): the kernel's events
+        fall inside.  The trace prints microseconds, hence the default 1 µs slack; a larger one
+        absorbs an error in the realtime-to-monotonic offset.
+        """
         return call.t_ns - slack_ns, call.t_ns + call.dur_ns + slack_ns
 
 
@@ -246,7 +255,7 @@ def capture_from_dict(data: Any, where: str) -> Capture:
         kernel = KernelInfo(**{**k, "notes": tuple(k.get("notes", ()))})
         # Lists back to tuples; unknown keys (from a later minor addition) are ignored.
         fields: dict[str, Any] = {
-            name: tuple(v) if isinstance(v, list) else v
+            name: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
             for name, v in m.items()
             if name in CaptureMeta.__dataclass_fields__
         }
@@ -331,6 +340,8 @@ def capture_from_strace(log: StraceLog, command: Sequence[str] = (), source: str
         command=tuple(command),
         duration_ns=last.t_ns + last.dur_ns,
         sources=("strace",),
+        kernel=with_quirks(KernelInfo(), log),
+        coalesced_mmio=_mmio_zones(log),
         vcpu_tids=tuple(log.vcpu_tids),
         tids=tuple(sorted(log.tids)),
         kvm_runs=log.kvm_runs,
@@ -340,6 +351,35 @@ def capture_from_strace(log: StraceLog, command: Sequence[str] = (), source: str
         tool=f"kvmmu {_version()} (strace log {source})" if source else f"kvmmu {_version()}",
     )
     return Capture(meta, calls)
+
+
+#: ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` (arch/x86/include/uapi/asm/kvm.h).
+QUIRK_SLOT_ZAP_ALL = 1 << 7
+
+
+def with_quirks(kernel: KernelInfo, log: StraceLog) -> KernelInfo:
+    """``kernel`` with the slot-zap quirk as the VMM's decoded ``KVM_ENABLE_CAP`` calls set it."""
+    if log.disabled_quirks is None:
+        return kernel
+    zap = "slot" if log.disabled_quirks & QUIRK_SLOT_ZAP_ALL else "all"
+    note = (
+        f"slot_zap {zap}: read from the VMM's KVM_ENABLE_CAP calls (disabled quirks {log.disabled_quirks:#x})"
+    )
+    notes = (*(n for n in kernel.notes if not n.startswith("slot_zap")), note)
+    return KernelInfo(
+        kernel.release,
+        kernel.module,
+        kernel.mmu,
+        kernel.tdp_mmu,
+        kernel.mmio_caching,
+        kernel.address_spaces,
+        zap,
+        notes,
+    )
+
+
+def _mmio_zones(log: StraceLog) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted({(addr, size) for addr, size, pio in log.zones if not pio}))
 
 
 def _shift(c: MemslotCall, by: int) -> MemslotCall:
@@ -400,8 +440,9 @@ def detect_kernel() -> KernelInfo:
     )
 
 
-def preflight(command: Sequence[str], strace: str = "strace") -> str:
-    """Check that a capture can be made here; return strace's path or raise :class:`CaptureError`."""
+def preflight(command: Sequence[str], strace: str | None = "strace") -> str | None:
+    """Check that a capture can be made here; return strace's path (None: not asked for) or
+    raise :class:`CaptureError`."""
     if not command:
         raise CaptureError(
             "no command to capture: give it after --, e.g. kvmmu capture -- qemu-system-x86_64 ..."
@@ -413,9 +454,11 @@ def preflight(command: Sequence[str], strace: str = "strace") -> str:
     why = kvm_available()
     if why is not None:
         raise CaptureError(f"capture needs a usable /dev/kvm: {why}")
-    found = shutil.which(strace)
-    if found is None:
-        raise CaptureError(f"{strace} not found: install it (apt-get install strace)")
+    found = None
+    if strace is not None:
+        found = shutil.which(strace)
+        if found is None:
+            raise CaptureError(f"{strace} not found: install it (apt-get install strace)")
     if shutil.which(command[0]) is None:
         raise CaptureError(f"{command[0]}: command not found")
     return found
@@ -436,46 +479,76 @@ def record(
     strace: str = "strace",
     timeout: float | None = None,
     tick: Callable[[float], None] | None = None,
+    via: str = "strace",
 ) -> Recorded:
-    """Run ``command`` under strace with a private trace of its tasks; return the capture.
+    """Run ``command`` with a private trace of its tasks; return the capture.
 
+    ``via``: ``strace`` (any VMM) or ``preload`` (the LD_PRELOAD shim of :mod:`kvmmu.kvm.preload`:
+    no ptrace slowdown, decodes coalesced MMIO zones and quirks; dynamically linked VMMs only).
     ``timeout``: end the command (SIGTERM to its session, SIGKILL 5 s later) after that many
     seconds.  ``tick`` is called with the elapsed seconds while the command runs.
     """
-    strace_path = preflight(command, strace)
+    if via not in ("strace", "preload"):
+        raise CaptureError(f"--via must be strace or preload, not {via!r}")
+    strace_path = preflight(command, strace if via == "strace" else None)
     kernel = detect_kernel()
-    log_fd, log_path = tempfile.mkstemp(prefix="kvmmu-strace-", suffix=".log")
-    os.close(log_fd)
+    with tempfile.TemporaryDirectory(prefix="kvmmu-capture-") as scratch:
+        log_path = Path(scratch) / "ioctl.log"
+        env: dict[str, str] | None = None
+        if via == "preload":
+            from kvmmu.kvm.preload import PreloadError, build, environment
+
+            try:
+                env = environment(build(Path(scratch)), log_path)
+            except PreloadError as exc:
+                raise CaptureError(str(exc)) from None
+            argv = ["sh", "-c", _GATE, "sh", *command]
+        else:
+            assert strace_path is not None
+            argv = [
+                "sh",
+                "-c",
+                _GATE,
+                "sh",
+                strace_path,
+                "-f",
+                "-qq",
+                "-e",
+                "trace=ioctl",
+                "--absolute-timestamps=format:unix,precision:ns",
+                "--syscall-times=ns",
+                "-o",
+                str(log_path),
+                "--",
+                *command,
+            ]
+        return _record(command, argv, env, log_path, kernel, via, timeout, tick, strace_path)
+
+
+def _record(
+    command: Sequence[str],
+    argv: list[str],
+    env: dict[str, str] | None,
+    log_path: Path,
+    kernel: KernelInfo,
+    via: str,
+    timeout: float | None,
+    tick: Callable[[float], None] | None,
+    strace_path: str | None,
+) -> Recorded:
     gate_r, gate_w = os.pipe()
-    argv = [
-        "sh",
-        "-c",
-        _GATE,
-        "sh",
-        strace_path,
-        "-f",
-        "-qq",
-        "-e",
-        "trace=ioctl",
-        "--absolute-timestamps=format:unix,precision:ns",
-        "--syscall-times=ns",
-        "-o",
-        log_path,
-        "--",
-        *command,
-    ]
-    proc = subprocess.Popen(argv, start_new_session=True, stdin=gate_r)
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=gate_r, env=env)
     os.close(gate_r)
     ended_by = ""
     try:
         with TraceRecorder(events=EVENTS, buffer_size_kb=BUFFER_KB, pids=(proc.pid,), clock="mono") as rec:
             started_at = datetime.now(UTC)
-            # CLOCK_REALTIME (strace) onto CLOCK_MONOTONIC (trace clock "mono"): the midpoint of
-            # two monotonic reads around one realtime read.
+            # strace stamps CLOCK_REALTIME, the trace (and the shim) CLOCK_MONOTONIC: the offset is
+            # the midpoint of two monotonic reads around one realtime read.
             m0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             r0 = time.clock_gettime_ns(time.CLOCK_REALTIME)
             m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            offset = r0 - (m0 + m1) // 2
+            offset = r0 - (m0 + m1) // 2 if via == "strace" else 0
             t0 = m1
             os.write(gate_w, b"go\n")
             os.close(gate_w)
@@ -483,7 +556,7 @@ def record(
             ended_by = _wait(proc, rec, timeout, tick)
             rec.stop()
             duration = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0
-            text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+            text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
             log = parse_strace(text) if text.strip() else StraceLog()
             events = rec.events(also=log.tids)
             tids = rec.recorded_pids() | log.tids
@@ -491,32 +564,33 @@ def record(
     except TracefsError as exc:
         raise CaptureError(f"cannot trace: {exc}") from None
     except StraceError as exc:
-        raise CaptureError(f"cannot read strace's log: {exc}") from None
+        raise CaptureError(f"cannot read the ioctl log: {exc}") from None
     finally:
         if gate_w >= 0:
             os.close(gate_w)
         if proc.poll() is None:
             _end(proc)
-        Path(log_path).unlink(missing_ok=True)
     rc = proc.returncode
     calls = tuple(_shift(c, -(offset + t0)) for c in log.calls)
     trace = tuple(CapturedEvent(round(e.timestamp * 1e9) - t0, e.pid, e.event, e.text) for e in events)
+    tool = _strace_version(strace_path) if strace_path is not None else "LD_PRELOAD ioctl shim"
     meta = CaptureMeta(
         command=tuple(command),
         exit_code=rc,
         recorded_at=started_at.isoformat(timespec="seconds"),
         duration_ns=duration,
-        sources=("strace", "tracefs"),
-        kernel=kernel,
+        sources=("strace" if via == "strace" else "preload", "tracefs"),
+        kernel=with_quirks(kernel, log),
         vcpu_tids=tuple(log.vcpu_tids),
         tids=tuple(sorted(tids)),
         kvm_runs=log.kvm_runs,
         coalesced_zones=log.coalesced_zones,
+        coalesced_mmio=_mmio_zones(log),
         irqchip=log.irqchip,
         undecoded_memslot_ioctls=log.undecoded,
         events_enabled=EVENTS,
         events_lost=lost,
-        tool=f"kvmmu {_version()}, {_strace_version(strace_path)}",
+        tool=f"kvmmu {_version()}, {tool}",
     )
     return Recorded(Capture(meta, calls, trace), text, ended_by)
 

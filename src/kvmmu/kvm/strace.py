@@ -30,6 +30,7 @@ post-processors such as ``strace-parser`` for the unfinished/resumed pairing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ class StraceLog:
     kvm_runs: int = 0
     #: ``KVM_REGISTER_COALESCED_MMIO`` calls (their zones are not decoded by strace 6.1).
     coalesced_zones: int = 0
+    #: The zones, where the log decodes them (the LD_PRELOAD shim does): ``(addr, size, pio)``.
+    zones: list[tuple[int, int, int]] = field(default_factory=list)
+    #: Quirks the VMM disabled (``KVM_CAP_DISABLE_QUIRKS``/``..._QUIRKS2`` ``args[0]``), or None
+    #: when no ``KVM_ENABLE_CAP`` was decoded (strace 6.1 prints its struct as a pointer).
+    disabled_quirks: int | None = None
     irqchip: bool = False
     #: Every thread id that appears (the VMM's process tree, as strace saw it).
     tids: set[int] = field(default_factory=set)
@@ -194,6 +200,23 @@ def parse_strace(text: str | Iterable[str]) -> StraceLog:
     return log
 
 
+#: ``KVM_CAP_DISABLE_QUIRKS`` (116) and ``KVM_CAP_DISABLE_QUIRKS2`` (213), include/uapi/linux/kvm.h.
+_QUIRK_CAPS = {"116", "213", "KVM_CAP_DISABLE_QUIRKS", "KVM_CAP_DISABLE_QUIRKS2"}
+_CAP = re.compile(r"cap=(?P<cap>\w+).*?args=\[(?P<arg0>[^,\]]+)")
+
+
+def _enable_cap(log: StraceLog, args: str) -> None:
+    """Note the quirks a decoded ``KVM_ENABLE_CAP`` disables; any decoded call makes them known."""
+    m = _CAP.search(args)
+    if m is None:
+        return  # printed as a pointer: nothing known
+    if log.disabled_quirks is None:
+        log.disabled_quirks = 0
+    if m["cap"] in _QUIRK_CAPS:
+        with contextlib.suppress(ValueError):  # an argument we cannot read: no quirk noted
+            log.disabled_quirks |= _int(m["arg0"])
+
+
 def _finish(log: StraceLog, tid: int, t0: int, t_end: int, text: str, lineno: int) -> None:
     """One complete ioctl line (an unfinished one joined with its resumption)."""
     log.tids.add(tid)
@@ -211,6 +234,13 @@ def _finish(log: StraceLog, tid: int, t0: int, t_end: int, text: str, lineno: in
         return
     if name == "KVM_REGISTER_COALESCED_MMIO":
         log.coalesced_zones += 1
+        if "{" in args:
+            z = _struct(args, lineno)
+            with contextlib.suppress(KeyError, ValueError):  # unknown form: counted, not located
+                log.zones.append((_int(z["addr"]), _int(z["size"]), _int(z.get("pio", "0"))))
+        return
+    if name == "KVM_ENABLE_CAP":
+        _enable_cap(log, args)
         return
     if _UNDECODED.search(args):
         log.undecoded += 1

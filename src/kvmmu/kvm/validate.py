@@ -253,24 +253,35 @@ def validate(cap: Capture, emulated: bool | None = None) -> Validation:
     return result
 
 
+#: Pairing slacks, tried in turn: the trace's microsecond rounding, then a clock-offset error.
+SLACKS_NS = (1_000, 20_000)
+
+
 def _paired(cap: Capture) -> tuple[list[list[int]], list[int]]:
-    """Kernel event indices inside each call's window (same thread), and those in none."""
+    """Kernel event indices inside each call's window (same thread), and those in none.
+
+    Windows are tried tight first (:data:`SLACKS_NS`): calls of one burst are tens of µs apart,
+    so a wide window would hand an event to the neighbouring call.
+    """
     per_call: list[list[int]] = [[] for _ in cap.memslots]
-    windows = sorted((cap.window(c)[0], cap.window(c)[1], c.tid, i) for i, c in enumerate(cap.memslots))
-    starts = [w[0] for w in windows]
+    by_tid: dict[int, list[tuple[int, int, int]]] = {}
+    for i, c in enumerate(cap.memslots):
+        by_tid.setdefault(c.tid, []).append((c.t_ns, c.t_ns + c.dur_ns, i))
+    for calls in by_tid.values():
+        calls.sort()
     unpaired: list[int] = []
     for j, e in enumerate(cap.events):
         if e.event not in ("kvm_mmu_zap_all_fast", "kvm_mmu_prepare_zap_page"):
             continue
-        k = bisect.bisect_right(starts, e.t_ns) - 1
+        calls = by_tid.get(e.tid, [])
         hit = None
-        while k >= 0 and hit is None:
-            lo, hi, tid, i = windows[k]
-            if lo <= e.t_ns <= hi and tid == e.tid:
-                hit = i
-            k -= 1
-            if k >= 0 and windows[k][1] < e.t_ns - 10**9:
-                break  # windows are short: nothing a second earlier can hold it
+        for slack in SLACKS_NS:
+            # The thread's calls do not overlap: the one starting last before the event (plus
+            # slack) is the only one whose window can hold it.
+            k = bisect.bisect_right(calls, (e.t_ns + slack, 1 << 62, 0)) - 1
+            if k >= 0 and calls[k][0] - slack <= e.t_ns <= calls[k][1] + slack:
+                hit = calls[k][2]
+                break
         if hit is None:
             if e.event == "kvm_mmu_zap_all_fast":
                 unpaired.append(j)
@@ -346,7 +357,14 @@ def _compare_regions(
         if not cap.has_trace or check.agrees:
             continue
         why = ""
-        if me > ke and w == n and cap.meta.coalesced_zones:
+        zones = [(a, sz) for a, sz in cap.meta.coalesced_mmio if a < end and start < a + sz]
+        if me > ke and zones:
+            where = ", ".join(f"{a:#x}+{sz:#x}" for a, sz in zones)
+            why = (
+                f"writes the kernel buffered in the coalesced MMIO zone {where} the VMM registered "
+                "(KVM_REGISTER_COALESCED_MMIO); the model has no coalesced MMIO"
+            )
+        elif me > ke and w == n and cap.meta.coalesced_zones:
             why = (
                 "writes the kernel buffered without an exit: a coalesced MMIO zone "
                 f"(the VMM registered {cap.meta.coalesced_zones}); the model has no coalesced MMIO"

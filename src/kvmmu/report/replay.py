@@ -30,6 +30,9 @@ class Cost:
     stall_ns: int
     updates: int
     work: dict[str, int]
+    #: Oracle violations in this run, or the strategy is a kernel with known bugs, a broken
+    #: variant or hypothetical: it may be cheap by skipping what correctness needs.
+    suspect: str = ""
 
     @property
     def total_ns(self) -> int:
@@ -60,7 +63,19 @@ def cost_of(r: StrategyResult) -> Cost:
         "mmio_fast_invalid": int(r.stats.get("mmio_fast_invalid", 0)),
     }
     vcpu_stall = sum(t.stall_ns for t in r.threads if t.kind == "vcpu")
-    return Cost(r.strategy, sum(r.latencies), vcpu_stall, len(r.latencies), work)
+    suspect = ""
+    if r.violations:
+        suspect = f"{len(r.violations)} oracle violations in this run"
+    else:
+        try:
+            st = resolve_strategy(r.strategy)
+        except (KeyError, ValueError):
+            st = None
+        if st is not None and st.known_bugs:
+            suspect = "historically buggy: " + st.known_bugs[0]
+        elif st is not None and st.broken:
+            suspect = "a deliberately broken variant"
+    return Cost(r.strategy, sum(r.latencies), vcpu_stall, len(r.latencies), work, suspect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +84,8 @@ class Verdict:
 
     ranking: tuple[Cost, ...]
     lines: tuple[str, ...]
-
-    @property
-    def cheapest(self) -> str:
-        return self.ranking[0].strategy
+    #: The cheapest strategy that is correct (see :func:`verdict`).
+    cheapest: str
 
 
 def _us(ns: float) -> str:
@@ -80,16 +93,22 @@ def _us(ns: float) -> str:
 
 
 def verdict(run: RunResult) -> Verdict:
-    """Rank ``run``'s strategies by what the churn cost (ioctls + vCPU stall) and explain."""
+    """Rank ``run``'s strategies by what the churn cost (ioctls + vCPU stall) and explain.
+
+    Strategies that are correct (no oracle violation, no known bug) rank first: a kernel that is
+    cheaper because it skips a check is named as such, not as the answer.
+    """
     costs = sorted((cost_of(r) for r in run.strategies), key=lambda c: (c.total_ns, c.update_ns, c.strategy))
-    best = costs[0]
+    best = next((c for c in costs if not c.suspect), costs[0])
     # A tie: the same work, and a total within 0.1 % (the step costs of the protocols differ).
     tied = [
-        c for c in costs[1:] if c.work == best.work and c.total_ns - best.total_ns <= best.total_ns // 1000
+        c
+        for c in costs
+        if c is not best and c.work == best.work and abs(c.total_ns - best.total_ns) <= best.total_ns // 1000
     ]
     tie = (
-        f"; tied with {', '.join(c.strategy for c in tied)} (the same work, "
-        f"within {_us(max(c.total_ns for c in tied) - best.total_ns)})"
+        f"; tied with {', '.join(c.strategy + (' (buggy)' if c.suspect else '') for c in tied)} "
+        f"(the same work, within {_us(max(abs(c.total_ns - best.total_ns) for c in tied))})"
         if tied
         else ""
     )
@@ -97,6 +116,11 @@ def verdict(run: RunResult) -> Verdict:
         f"cheapest: {best.strategy} ({_summary(best.strategy)}): {_us(best.update_ns)} in {best.updates} "
         f"memslot ioctls + {_us(best.stall_ns)} of vCPU stall{tie}",
     ]
+    for c in costs:
+        if c.suspect and c.total_ns < best.total_ns and c not in tied:
+            lines.append(
+                f"cheaper but not correct: {c.strategy}, {_us(best.total_ns - c.total_ns)} less ({c.suspect})"
+            )
     if run.params.get("slot_zap") == "all" and run.strategies:
         ops = [u.op for u in run.strategies[0].updates if u.change != "error"]
         deletes = sum(1 for op in ops if op == "delete")
@@ -113,7 +137,9 @@ def verdict(run: RunResult) -> Verdict:
     ]
     if common and len(costs) > 1:
         lines.append(f"alike in every strategy: {', '.join(common)}")
-    for c in costs[1:]:
+    for c in costs:
+        if c is best:
+            continue
         diffs = [
             f"{c.work[key]:,} {label} vs {best.work[key]:,}"
             for key, label in WORK
@@ -121,10 +147,11 @@ def verdict(run: RunResult) -> Verdict:
         ]
         what = _summary(c.strategy)
         because = f"; {', '.join(diffs)}" if diffs else "; the same work, other step costs"
-        extra = _us(c.total_ns - best.total_ns)
         split = f"ioctls {_signed(c.update_ns - best.update_ns)}, vCPUs {_signed(c.stall_ns - best.stall_ns)}"
-        lines.append(f"{c.strategy}: +{extra} ({split}){because}" + (f" [{what}]" if what else ""))
-    return Verdict(tuple(costs), tuple(lines))
+        sign = "+" if c.total_ns >= best.total_ns else "-"
+        extra = _us(abs(c.total_ns - best.total_ns))
+        lines.append(f"{c.strategy}: {sign}{extra} ({split}){because}" + (f" [{what}]" if what else ""))
+    return Verdict(tuple(costs), tuple(lines), best.strategy)
 
 
 def _summary(name: str) -> str:

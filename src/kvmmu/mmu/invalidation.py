@@ -122,6 +122,17 @@ class Strategy:
         return self.broken or bool(self.known_bugs)
 
     @property
+    def status(self) -> str:
+        """``correct``, ``historically buggy``, ``hypothetical`` or ``broken variant``."""
+        if self.broken:
+            return "broken variant"
+        if self.known_bugs:
+            return "historically buggy"
+        if self.hypothetical:
+            return "hypothetical"
+        return "correct"
+
+    @property
     def label(self) -> str:
         """The name with its status, as reports print it."""
         if self.broken:

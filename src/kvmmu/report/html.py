@@ -48,8 +48,15 @@ def _cell(row: dict[str, int | float | str], key: str, fmt: object) -> tuple[str
     """A table cell's text, and whether it marks a problem."""
     if key == "refaults_split":
         return f"{int(row['refaults_ram']):,} / {int(row['refaults_mmio']):,}", False
+    if key == "status":
+        return str(row[key]), False
     assert callable(fmt)
     text: str = fmt(row[key])
+    # A historically buggy kernel (or a broken variant) is expected to fail the oracle: marked as
+    # expected, not as a problem of the run.
+    expected = row.get("status") in ("historically buggy", "broken variant")
+    if key == "oracle_violations" and int(row[key]) > 0 and expected:
+        return f"{text} (expected: {row['status']})", False
     return text, key == "oracle_violations" and int(row[key]) > 0
 
 
@@ -59,6 +66,16 @@ def _strategy_note(name: str) -> str:
         return resolve_strategy(ALIASES.get(base, base) + plus + variants).summary
     except ValueError:
         return ""
+
+
+def _kernels(name: str) -> str:
+    """The kernels a strategy models and its status, for the page's list of strategies."""
+    try:
+        base, plus, variants = name.partition("+")
+        s = resolve_strategy(ALIASES.get(base, base) + plus + variants)
+    except ValueError:
+        return "unknown"
+    return f"kernels {s.kernels}; {s.status}"
 
 
 def _costs_text(path: str) -> str:
@@ -87,7 +104,8 @@ def report_html(run: RunResult, figures: Sequence[tuple[str, str]], files: Seque
             cells.append(f'<td class="bad">{e(text)}</td>' if bad else f"<td>{e(text)}</td>")
         body.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
     strategies = "".join(
-        f"<li><b>{e(n)}</b>{': ' + e(note) if (note := _strategy_note(n)) else ''}</li>" for n in names
+        f"<li><b>{e(n)}</b> <span class=\"muted\">({e(_kernels(n))})</span>"
+        f"{': ' + e(note) if (note := _strategy_note(n)) else ''}</li>" for n in names
     )
     violations = [
         f"<li><b>{e(r.strategy)}</b>: {e(v)}</li>" for r in run.strategies for v in r.violations[:3]

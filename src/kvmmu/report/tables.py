@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from rich.table import Table
 
+from kvmmu.mmu.invalidation import resolve_strategy
 from kvmmu.sim.results import RunResult
 
 Row = Mapping[str, int | float | str]
@@ -58,6 +59,7 @@ ROWS: Sequence[tuple[str, str | None, Formatter | None]] = (
     ("generation wraps", "generation_wraps", _n),
     ("VMM requests refused", "vmm_errors", _n),
     ("oracle violations", "oracle_violations", _n),
+    ("status", "status", None),
 )
 
 #: What every measure means, for the report's glossary and anyone reading ``summary.csv``: one
@@ -110,6 +112,9 @@ GLOSSARY: Mapping[str, tuple[str, str]] = {
                           "memslots say (a stale MMIO SPTE used, RAM treated as MMIO...). A correct "
                           "strategy has none."),
     "sim_time_ns": ("simulated time", "The run's length in simulated time."),
+    "status": ("status", "correct; historically buggy (the kernel had the bugs `kvmmu strategies` "
+               "lists, so oracle violations are expected and marked, not a failed run); "
+               "hypothetical (never merged); broken variant (a safeguard removed on purpose)."),
     "wall_s": ("wall time", "Seconds the host took to simulate the run (not a property of KVM)."),
 }
 
@@ -122,10 +127,15 @@ COLUMNS: Sequence[tuple[str, str, Formatter]] = tuple(
 def _cell(row: Row, key: str, fmt: Formatter | None) -> str:
     if key == "refaults_split":
         return f"{int(row['refaults_ram']):,} / {int(row['refaults_mmio']):,}"
+    if key == "status":
+        expected = row[key] in ("historically buggy", "broken variant")
+        return f"[yellow]{row[key]}[/yellow]" if expected else str(row[key])
     assert fmt is not None
     text = fmt(row[key])
     if key == "oracle_violations" and int(row[key]):
-        return f"[bold red]{text}[/bold red]"
+        # A kernel that had these bugs is expected to show them: marked, not alarming.
+        expected = row.get("status") in ("historically buggy", "broken variant")
+        return f"[yellow]{text} (expected)[/yellow]" if expected else f"[bold red]{text}[/bold red]"
     return text
 
 
@@ -157,4 +167,8 @@ def comparison_table(run: RunResult) -> Table:
             table.add_row(f"[dim italic]{heading}[/dim italic]", *["" for _ in rows])
             continue
         table.add_row(heading, *[_cell(row, key, fmt) for row in rows])
+    # Which kernel each column is, and whether its violations are expected (a historically buggy
+    # kernel or a broken variant) or a failure of the model.
+    table.add_row("kernels", *[resolve_strategy(r.strategy).kernels.split(" (")[0]
+                               for r in run.strategies])
     return table

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kvmmu.mmu.invalidation import resolve_strategy
 from kvmmu.stats import lock_work, shadow_pages_walked
 
 #: Column names of the comparison table and of ``summary.csv``, in order.
@@ -41,10 +42,19 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "lock_work",
     "generation_wraps",
     "oracle_violations",
+    "status",
     "vmm_errors",
     "sim_time_ns",
     "wall_s",
 )
+
+
+def _status(name: str) -> str:
+    """The strategy's status (``Strategy.status``), or ``unknown`` for a name no table has."""
+    try:
+        return resolve_strategy(name).status
+    except ValueError:
+        return "unknown"
 
 
 def percentile(values: Sequence[int], q: float) -> float:
@@ -177,6 +187,8 @@ class StrategyResult:
             "lock_work": lock_work(st),
             "generation_wraps": st.get("generation_wraps", 0),
             "oracle_violations": st.get("oracle_violations", 0),
+            # Whether violations are expected: a historically buggy kernel or a broken variant.
+            "status": _status(self.strategy),
             "vmm_errors": self.vmm_errors,
             "sim_time_ns": self.sim_time_ns,
             "wall_s": round(self.wall_s, 3),

@@ -165,3 +165,59 @@ def test_unusable_out_is_one_line_before_simulating(
     (tmp_path / "kvmmu-out").write_text("a file")
     _one_line_error(capsys, ["run"], "kvmmu-out", "not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "kvmmu-out"]
+
+
+def test_expected_violations_exit_0_and_unexpected_ones_are_named(tmp_path: Path) -> None:
+    args = ["run", "vga-bank-switch", "-s", "generation+cache-without-gen", "--no-plots", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output  # a +variant: violations are expected
+    data = json.loads(result.output)
+    broken = data["strategies"][0]["summary"]
+    assert broken["oracle_violations"] > 0
+    # The same violations under a name that should be correct make the run fail (exit 1).
+    from dataclasses import replace
+
+    from kvmmu.cli.run import unexpected_violations
+    from kvmmu.sim.costs import default_costs
+    from kvmmu.sim.run import SimOptions, simulate_all
+    from kvmmu.sim.workloads.schema import load_scenario
+
+    opts = SimOptions(vm_options={"slot_zap": "slot", "start_near_wrap": True})  # as kvmmu run
+    sc = load_scenario("vga-bank-switch")
+    run = simulate_all(sc, ["generation+cache-without-gen"], default_costs(), opts)
+    assert unexpected_violations(run) == []
+    renamed = replace(run, strategies=tuple(replace(r, strategy="generation") for r in run.strategies))
+    assert unexpected_violations(renamed) == ["generation"]
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_an_option_that_fits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 1 TiB of RAM swept by 512 vCPUs for 5 s of guest time: every page touched.
+    scen_text = TINY.replace('duration = "300us"', 'duration = "5s"').replace(
+        'working_set = "1MiB"', 'working_set = "2GiB"'
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "big.toml"
+        f.write_text(scen_text)
+        _one_line_error(
+            capsys,
+            ["run", str(f), "--vcpus", "512", "--memory", "1TiB", "--no-plots"],
+            "would need about",
+            "GiB of memory",
+            "try --vcpus",
+        )
+        assert sorted(p.name for p in Path(d).iterdir()) == ["big.toml"]
+
+
+def test_time_limit_stops_cleanly_with_status_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # boot takes seconds per strategy: a tenth of a second cannot cover them all.
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--time-limit", "0.1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert "--time-limit 0.1 s reached" in err and "Traceback" not in err

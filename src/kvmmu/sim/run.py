@@ -37,6 +37,7 @@ a timing model and a functional model that does the actual work.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -457,6 +458,10 @@ def simulate(
     progress: ProgressFn | None = None,
 ) -> StrategyResult:
     """Run ``scenario`` under ``strategy`` in simulated time."""
+    # A finished run's model is a web of reference cycles (VM <-> Kvm <-> vCPUs) that only a full
+    # collection frees; collected here, before building the next one, the peak is one model, not
+    # one per run (kvmmu run fast-zap-2013, six strategies: 751 -> 277 MB peak RSS).
+    gc.collect()
     return _Sim(scenario, strategy, costs, opts or SimOptions()).run(progress)
 
 

@@ -10,6 +10,7 @@ and exit status 2 (click's usage errors, or :class:`InputError`).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import replace
@@ -174,13 +175,19 @@ def command(
       3  stopped by --time-limit (the finished strategies are reported)
     """
     names = list(strategies) or list(STRATEGIES)
+    if time_limit is not None and not math.isfinite(time_limit):  # click lets nan through
+        raise InputError(f"--time-limit: must be a number of seconds (got {time_limit})")
     try:
         sc = for_run(scenario)
         mem = _size(memory)
         if mem is not None and not 0 < mem <= MAX_MEMORY:
             raise InputError(f"--memory: must be between 4KiB and 1TiB (got {memory})")
         if vcpus is not None or mem is not None:
-            sc = sc.with_overrides(vcpus=vcpus, memory=mem)
+            try:
+                sc = sc.with_overrides(vcpus=vcpus, memory=mem)
+            except ScenarioError as exc:  # name the option the user typed, not the file's field
+                msg = str(exc).replace("guest.memory", f"--memory {memory}")
+                raise InputError(msg.replace("guest.vcpus", f"--vcpus {vcpus}")) from None
         check_memory(sc, plots=not no_plots)
         costs = load_costs(costs_path)
         # Checked before minutes of simulation, not after: a refused folder costs nothing.

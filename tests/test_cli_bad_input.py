@@ -162,7 +162,7 @@ BAD: list[tuple[list[str], str]] = [
     (["run", "boot", "extra"], "extra"),
     (["run", "-s", "generashun"], "generashun"),
     (["run", "-s", ""], "-s"),
-    (["run", "-s", "generation+"], "generation+"),
+    (["run", "-s", "generation+"], "unknown variant"),
     (["run", "-s", "generation+no-such-variant"], "no-such-variant"),
     (["run", "-s"], "-s"),
     (["run", "--vcpus", "0"], "--vcpus"),

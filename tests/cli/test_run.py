@@ -168,9 +168,10 @@ def test_unusable_out_is_one_line_before_simulating(
 
 
 def test_expected_violations_exit_0_and_unexpected_ones_are_named(tmp_path: Path) -> None:
-    args = ["run", "vga-bank-switch", "-s", "generation+cache-without-gen", "--no-plots", "--json"]
+    # 3.11's generation scheme has a known bug (the stale per-vCPU cache) that rom-loop shows.
+    args = ["run", "rom-loop", "-s", "generation-3.11", "--no-plots", "--json"]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o")])
-    assert result.exit_code == 0, result.output  # a +variant: violations are expected
+    assert result.exit_code == 0, result.output  # known bugs: violations are expected
     data = json.loads(result.output)
     broken = data["strategies"][0]["summary"]
     assert broken["oracle_violations"] > 0
@@ -183,8 +184,8 @@ def test_expected_violations_exit_0_and_unexpected_ones_are_named(tmp_path: Path
     from kvmmu.sim.workloads.schema import load_scenario
 
     opts = SimOptions(vm_options={"slot_zap": "slot", "start_near_wrap": True})  # as kvmmu run
-    sc = load_scenario("vga-bank-switch")
-    run = simulate_all(sc, ["generation+cache-without-gen"], default_costs(), opts)
+    sc = load_scenario("rom-loop")
+    run = simulate_all(sc, ["generation-3.11"], default_costs(), opts)
     assert unexpected_violations(run) == []
     renamed = replace(run, strategies=tuple(replace(r, strategy="generation") for r in run.strategies))
     assert unexpected_violations(renamed) == ["generation"]

@@ -191,4 +191,9 @@ def _print(command: tuple[str, ...], v: Validation) -> None:
         if deletes is not None
         else ""
     )
+    if not v.kernel_trace:
+        console.print(
+            "no kernel trace in this capture: the model's figures only (k/m columns: kernel unknown)"
+        )
+        return
     console.print(f"agreement: {v.agreed} of {v.compared} comparisons{pairing}")

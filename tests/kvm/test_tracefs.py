@@ -171,3 +171,19 @@ def test_a_task_started_by_a_recorded_process_stays_recorded_after_it_exits() ->
         child.stdin.write("done\n")
         child.stdin.flush()
         child.wait(10)
+
+
+@pytest.mark.kvm
+def test_another_users_instance_appearing_meanwhile_does_not_count_as_our_change() -> None:
+    """Issue 11: a foreign trace instance created during a recording is not ours to restore."""
+    root = tracefs.find_mount()
+    if root is None:
+        pytest.skip("tracefs is not mounted here")
+    before = tracefs.snapshot()
+    foreign = root / "instances" / f"someone-else-{os.getpid()}"
+    with tracefs.TraceRecorder(events=("kvmmmu",)):
+        foreign.mkdir()
+    try:
+        assert tracefs.snapshot() == before
+    finally:
+        foreign.rmdir()

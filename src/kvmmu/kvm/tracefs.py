@@ -114,7 +114,13 @@ class TraceState:
 
 
 def snapshot() -> TraceState:
-    """Read the global state: mount, top-level ``tracing_on``, events, buffer size, instances."""
+    """Read the global state: mount, top-level ``tracing_on``, events, buffer size, and this
+    process's instances.
+
+    Other users' instances come and go at any moment (another VM's tracer, another test run), so
+    only the ones this process created (``kvmmu-<pid>-*``) are part of what a recording must
+    leave as it found; comparing all of them made a test depend on what else ran.
+    """
     root = find_mount()
     if root is None:
         return TraceState(None, None, None, None, (), ())
@@ -138,7 +144,8 @@ def snapshot() -> TraceState:
         rd(root / "tracing_on"),
         rd(root / "buffer_size_kb"),
         rd(root / "set_event"),
-        tuple(sorted(os.listdir(inst))) if inst.is_dir() else (),
+        tuple(sorted(n for n in os.listdir(inst) if n.startswith(f"kvmmu-{os.getpid()}-")))
+        if inst.is_dir() else (),
         tuple(enables),
     )
 

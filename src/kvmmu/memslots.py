@@ -385,8 +385,10 @@ class ArchHooks(Protocol):
         """``kvm_arch_flush_shadow_memslot()``: the slot's SPTEs must go (DELETE, MOVE)."""
         ...
 
-    def memslots_updated(self, as_id: int, gen: int) -> Steps[None]:
-        """``kvm_arch_memslots_updated()``: the MMIO generation may have wrapped."""
+    def memslots_updated(self, as_id: int, gen: int, change: Change) -> Steps[None]:
+        """``kvm_arch_memslots_updated()``: the MMIO generation may have wrapped.  ``change`` is
+        the update's kind (the kernel's hook does not get it; the hypothetical zap-all-fast
+        needs it), ``Change.NONE`` for a publish that restores the old slots."""
         ...
 
     def commit_memory_region(self, plan: MemslotPlan) -> Steps[None]:
@@ -447,7 +449,7 @@ class MemslotState:
 
 
 def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
-                          as_id: int, by_id: SlotSet) -> Steps[None]:
+                          as_id: int, by_id: SlotSet, change: Change) -> Steps[None]:
     """``kvm_swap_active_memslots()`` (modern) / ``install_new_memslots()`` (2013, 2014)."""
     old_gen = state.active[as_id].generation
     era = state.era
@@ -461,16 +463,16 @@ def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
     state.publish(new)
     yield from srcu.synchronize()
     if era == "2013":
-        yield from arch.memslots_updated(as_id, new.generation)
+        yield from arch.memslots_updated(as_id, new.generation, change)
     elif era in ("2014", "2015"):
         yield Step.WRITE_GENERATION
         # 2014: + 1; 2015: += KVM_ADDRESS_SPACE_NUM * 2 - 1 ("the generation space is evenly
         # split across address spaces").
         new.generation += 1 if era == "2014" else 2 * state.nr_as - 1
-        yield from arch.memslots_updated(as_id, new.generation)
+        yield from arch.memslots_updated(as_id, new.generation, change)
     else:
         gen = (new.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + state.nr_as
-        yield from arch.memslots_updated(as_id, gen)
+        yield from arch.memslots_updated(as_id, gen, change)
         yield Step.WRITE_GENERATION
         new.generation = gen
 
@@ -488,19 +490,20 @@ def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: Me
             assert plan.old is not None
             invalid = replace(plan.old, invalid=True)
             yield from _swap_active_memslots(state, arch, srcu, as_id,
-                                             state.active[as_id].with_slot(invalid))
+                                             state.active[as_id].with_slot(invalid), plan.change)
             # From here no vCPU can create SPTEs for the old slot: faults on it retry.
             yield from arch.flush_shadow_memslot(plan.old)
             if plan.prepare_error is not None:
                 yield from _swap_active_memslots(state, arch, srcu, as_id,
-                                                 state.active[as_id].with_slot(plan.old))
+                                                 state.active[as_id].with_slot(plan.old),
+                                                 Change.NONE)
                 raise plan.prepare_error
         if plan.new is None:
             assert plan.old is not None
             by_id = state.active[as_id].without_slot(plan.old.id)
         else:
             by_id = state.active[as_id].with_slot(plan.new)
-        yield from _swap_active_memslots(state, arch, srcu, as_id, by_id)
+        yield from _swap_active_memslots(state, arch, srcu, as_id, by_id, plan.change)
         yield from arch.commit_memory_region(plan)
     finally:
         state.updating = False

@@ -365,3 +365,19 @@ def test_generation_4_19_zaps_at_the_wrap_of_only_one_of_its_two_address_spaces(
     old = [wraps("generation-4.19", a) for a in (0, 1)]
     assert sorted(old)[0] == 0 and sorted(old)[1] > 0
     assert all(wraps("generation", a) > 0 for a in (0, 1))
+
+
+def test_hypothetical_zap_all_fast_zaps_on_create_and_move_only() -> None:
+    """The alternative the seed mail rejected: a CREATE or MOVE (the changes that can make an
+    MMIO SPTE wrong) bumps mmu_valid_gen; a DELETE zaps once, through the slot flush as every
+    modern kernel does, and a FLAGS_ONLY change not at all."""
+    vm = VM("zap-all-fast", oracle=False)
+    counts = []
+    for args in ((0, 0, 0, 0x1000, HVA),  # CREATE
+                 (0, 1, 0, 0x1000, HVA),  # FLAGS_ONLY
+                 (0, 1, 0x1000, 0x1000, HVA),  # MOVE: the flush, then the zap of the move
+                 (0, 1, 0x1000, 0, 0)):  # DELETE: the flush only
+        before = vm.stats["zap_all_fast"]
+        vm.set_user_memory_region(*args)
+        counts.append(vm.stats["zap_all_fast"] - before)
+    assert counts == [1, 0, 2, 1]

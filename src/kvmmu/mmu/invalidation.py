@@ -410,7 +410,7 @@ class X86Arch:
         else:
             yield from kvm.mmu.zap_gfn_range(self.who, old.base_gfn, old.end_gfn, old.as_id)
 
-    def memslots_updated(self, as_id: int, gen: int) -> Steps[None]:
+    def memslots_updated(self, as_id: int, gen: int, change: Change) -> Steps[None]:
         """``kvm_arch_memslots_updated()``: after the grace period; in the modern era before the
         final generation is written (152482580a1b), in 2014/2015 right after it.
 
@@ -421,9 +421,10 @@ class X86Arch:
         strategy = kvm.strategy
         if strategy.wrap_check == "memslots-updated":
             yield from self._wrap_check(gen)
-        # The invalid copy a DELETE or MOVE publishes first backs nothing new: only the publish
-        # that can add backing zaps.
+        # Only a CREATE or MOVE can make an MMIO SPTE wrong, and only at the publish that adds
+        # the backing (the invalid copy a MOVE publishes first backs nothing new).
         if (strategy.create_zap_at == "memslots-updated" and strategy.create_zap is not None
+                and change in (Change.CREATE, Change.MOVE)
                 and not any(s.invalid for s in kvm.memslots.active[as_id])):
             yield from self._create_zap()
 

@@ -6,8 +6,9 @@ are shared: CPU time is the figure that does not depend on the neighbours) and t
 expected where the strategy is broken; the ``zap-*`` lines show the model bug reported with the
 explorer (a stale per-vCPU MMIO cache after the ioctl returns).  Figures, never assertions.
 
-Run: ``.venv/bin/python benchmarks/bench_check.py [--bounds 1,2] [--quick]``; ``--bounds none``
-explores every interleaving (minutes for 2 vCPUs x 2 accesses x 2 updates).
+Run: ``.venv/bin/python benchmarks/bench_check.py [--bounds 1,2] [--quick] [--full]
+[--three SECONDS]``; ``--bounds none`` explores every interleaving (minutes for 2 vCPUs x 2
+accesses x 2 updates); ``--full`` adds the unreduced search; ``--three`` the 3-vCPU configuration.
 """
 
 from __future__ import annotations
@@ -20,25 +21,31 @@ from kvmmu.check.world import CheckConfig
 
 #: (label, config) pairs: the race configurations, then the fixed strategies at 2x2x2.
 RACES = [
-    ("generation-2013 1x2x1 (2014 race)", CheckConfig("generation-2013", vcpus=1, updates=1)),
+    ("generation-3.11+tagged-cache 1x2x1 (2014 race)",
+     CheckConfig("generation-3.11+tagged-cache", vcpus=1, updates=1)),
+    ("generation-3.11 2x2x2 (stale cache)", CheckConfig("generation-3.11", vcpus=2, updates=2)),
     ("generation+cache-without-gen 1x2x1",
      CheckConfig("generation+cache-without-gen", vcpus=1, updates=1)),
     ("generation+no-wrap-zap 1x2x3 gen-bits 2",
      CheckConfig("generation+no-wrap-zap", vcpus=1, updates=3, mmio_gen_bits=2, slot_zap="slot")),
 ]
-FIXED = ["generation", "generation-2014", "zap-walk", "zap-all-fast"]
+FIXED = ["generation", "generation-3.18", "zap-all-fast"]
 
 
-def row(label: str, config: CheckConfig, bound: int | None) -> None:
+def row(label: str, config: CheckConfig, bound: int | None, *, reduce: bool = True,
+        time_limit: float | None = None) -> None:
     t0 = time.perf_counter()
     c0 = time.process_time()
-    r = explore(config, preemptions=bound)
+    r = explore(config, preemptions=bound, reduce=reduce, symmetry=reduce, time_limit=time_limit)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     s = r.stats
     verdict = "ok" if r.failure is None else f"VIOLATION ({r.failure.findings[0].kind})"
+    if s.stopped:
+        verdict += f", stopped by the {s.stopped} with {s.queue:,} runs queued"
     b = "none" if bound is None else str(bound)
-    print(f"{label:42s} bound {b:>4s} {s.states:>9,d} states {s.schedules:>8,d} schedules "
+    print(f"{label:46s} bound {b:>4s} {'reduced' if reduce else 'full':7s} {s.states:>9,d} "
+          f"states {s.schedules:>8,d} schedules {s.sleep_pruned:>8,d} cut "
           f"{wall:7.2f} s wall {cpu:7.2f} s CPU {s.states / max(cpu, 1e-9):>8,.0f} states/CPU-s  "
           f"{verdict}", flush=True)
 
@@ -47,6 +54,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bounds", default="1,2", help="preemption bounds, comma-separated ('none')")
     ap.add_argument("--quick", action="store_true", help="bound 1 only")
+    ap.add_argument("--full", action="store_true",
+                    help="also the unreduced search (no sleep sets, no symmetry) at 2x2x2")
+    ap.add_argument("--three", type=float, default=None, metavar="SECONDS",
+                    help="also 3 vCPUs x 2 accesses x 2 updates at bound 2, with this time limit")
     args = ap.parse_args()
     bounds = [None if b.strip() == "none" else int(b) for b in
               ("1" if args.quick else args.bounds).split(",")]
@@ -55,6 +66,11 @@ def main() -> None:
     for bound in bounds:
         for name in FIXED:
             row(f"{name} 2x2x2", CheckConfig(name, vcpus=2, updates=2), bound)
+            if args.full:
+                row(f"{name} 2x2x2", CheckConfig(name, vcpus=2, updates=2), bound, reduce=False)
+    if args.three is not None:
+        row("generation 3x2x2", CheckConfig("generation", vcpus=3, updates=2), 2,
+            time_limit=args.three)
 
 
 if __name__ == "__main__":

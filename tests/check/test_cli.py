@@ -128,3 +128,28 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and out == ""
+
+
+def test_a_time_limit_stops_the_search_and_the_summary_says_so(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--strategy", "generation", "--vcpus", "2", "--updates", "2",
+                       "--bound", "2", "--time-limit", "0.3", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["stats"]["stopped"] == "time limit" and doc["complete"] is False
+    assert doc["stats"]["queue"] > 0 and doc["stats"]["states"] > 0
+    code, out, _ = run(capsys, "--strategy", "generation", "--vcpus", "2", "--updates", "2",
+                       "--bound", "2", "--time-limit", "0.3")
+    assert "stopped by the time limit: the search is not exhaustive" in out
+
+
+def test_the_reductions_can_be_turned_off(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--strategy", "generation", "--vcpus", "3", "--updates", "1", "--accesses", "1",
+            "--bound", "1", "--json")
+    _, out, _ = run(capsys, *args)
+    reduced = json.loads(out)["stats"]
+    _, out, _ = run(capsys, *args, "--no-reduce", "--no-symmetry")
+    plain = json.loads(out)["stats"]
+    assert reduced["states"] < plain["states"]  # vCPU0 and vCPU2 run the same script
+    assert reduced["sleep_pruned"] > 0 and plain["sleep_pruned"] == 0
+    assert reduced["schedules"] < plain["schedules"]

@@ -74,3 +74,26 @@ def test_the_edge_map_remembers_successor_and_pending_step() -> None:
     assert edges.get_full(-12345, 2) == (678, Step.MMU_LOCK)
     assert edges.get_full(-12345, 1) == (-9, None)
     assert edges.get(-12345, 0) is None and len(edges) == 2
+
+
+def test_symmetry_reaches_the_same_orbits_with_fewer_states() -> None:
+    # vCPU0 and vCPU2 run the same script: states that differ only by swapping them are one.
+    config = CheckConfig("generation", vcpus=3, updates=1, accesses=1)
+    plain = explore(config, preemptions=1, reduce=False, symmetry=False, keep_states=True)
+    both = explore(config, preemptions=1, reduce=True, symmetry=True, keep_states=True)
+    assert plain.failure is None and both.failure is None
+    assert both.states == plain.states
+    assert both.stats.states < plain.stats.states
+
+
+@pytest.mark.parametrize(("config", "bound", "kind"), [
+    (CheckConfig("generation-3.11", vcpus=3, updates=1), 1, "stale-mmio-cache"),
+    (CheckConfig("generation+cache-without-gen", vcpus=3, updates=1), 1, "stale-mmio-cache"),
+    (CheckConfig("generation+no-wrap-zap", vcpus=3, accesses=1, **WRAP), 0, "stale-mmio-spte"),
+], ids=["3.11-stale-cache", "cache-without-gen", "no-wrap-zap"])
+def test_symmetry_keeps_the_bugs(config: CheckConfig, bound: int, kind: str) -> None:
+    full = explore(config, preemptions=bound, reduce=False, symmetry=False)
+    reduced = explore(config, preemptions=bound, reduce=True, symmetry=True)
+    assert full.failure is not None and reduced.failure is not None
+    assert kind in {f.kind for f in reduced.failure.findings}
+    assert {f.kind for f in reduced.failure.findings} == {f.kind for f in full.failure.findings}

@@ -43,7 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from kvmmu.check.keys import FrameCanon, Keyer, ThreadHasher, with_context
+from kvmmu.check.keys import (
+    FrameCanon,
+    Keyer,
+    ThreadHasher,
+    symmetric_key,
+    symmetry_classes,
+    with_context,
+)
 from kvmmu.check.por import Edges, footprint, independent, reads_of
 from kvmmu.check.schedule import FREE_SWITCH_STEPS, is_preemption
 from kvmmu.check.world import CheckConfig, Finding, World
@@ -63,6 +70,7 @@ class Stats:
     pruned: int = 0  # runs cut at a state already explored
     sleep_pruned: int = 0  # transitions not taken: known to lead to a state already explored
     queue: int = 0  # alternatives waiting on the stack
+    stopped: str | None = None  # why the search stopped before the end ("time limit")
     cut: int = 0  # runs cut at max_depth
     elapsed: float = 0.0
 
@@ -173,8 +181,10 @@ def explore(
     max_depth: int = DEFAULT_MAX_DEPTH,
     depth_is_bound: bool = False,
     reduce: bool = True,
+    symmetry: bool = True,
     verify_sleep: bool = False,
     keep_states: bool = False,
+    time_limit: float | None = None,
     progress: Progress | None = None,
     progress_every: int = 50,
 ) -> Result:
@@ -184,7 +194,11 @@ def explore(
     again when reached at a smaller depth); otherwise it is only a safety cap.  ``reduce`` turns
     on the sleep sets (:mod:`kvmmu.check.por`); it never changes the set of states reached.
     ``verify_sleep`` (for tests) replays every transition a sleep set cut and checks that it
-    leads where the sleep set said; ``keep_states`` returns the visited keys in the result.
+    leads where the sleep set said; ``keep_states`` returns the keys of the states reached, each
+    as the key of its orbit under vCPU symmetry whether or not ``symmetry`` is on (so that the two
+    searches can be compared).  ``time_limit`` (seconds) stops the search between runs; the
+    result is then incomplete.  ``symmetry`` identifies states that differ only by a permutation
+    of vCPUs running the same script (:func:`kvmmu.check.keys.symmetric_key`).
     """
     stats = Stats()
     t0 = time.perf_counter()
@@ -205,11 +219,22 @@ def explore(
     vcpus = config.vcpus
     checks: list[tuple[tuple[int, ...], int, str]] = []  # (schedule, world hash, why) of cuts
 
+    classes = symmetry_classes(World(config))
+    symmetric = symmetry and any(len(c) > 1 for c in classes)
+    # With symmetry the visited set holds orbits; the edge map and the sleep sets speak of
+    # concrete worlds (a thread index means a vCPU), so their cuts look up concrete states.
+    concrete: dict[int, tuple[tuple[int, int], ...]] = {} if symmetric else visited
+    reached: set[int] = set()
+
     def dominated(key: int, point: tuple[int, int]) -> bool:
-        front = visited.get(key)
+        front = concrete.get(key)
         return front is not None and any(p <= point[0] and d <= point[1] for p, d in front)
 
+    deadline = None if time_limit is None else t0 + time_limit
     while stack and failure is None:
+        if deadline is not None and time.perf_counter() > deadline:
+            stats.stopped = "time limit"
+            break
         prefix, pre, seeds, node = stack.pop()
         stats.schedules += 1
         run = _Run(World(config), preemptions=pre)
@@ -242,6 +267,18 @@ def explore(
             world_hash = keyer.world_hash(components)
             context = _switch_context(world, run.last) if bounded else None
             key = with_context(world_hash, context)
+            if symmetric or keep_states:
+                orbit = symmetric_key(keyer, components, context, classes)
+                if keep_states:
+                    reached.add(orbit)
+                if symmetric:
+                    point = (run.preemptions, depth if depth_is_bound else 0)
+                    cfront = concrete.get(key)
+                    if cfront is None or not any(p <= point[0] and d <= point[1]
+                                                 for p, d in cfront):
+                        concrete[key] = (*(q for q in cfront or ()
+                                           if not (point[0] <= q[0] and point[1] <= q[1])), point)
+                    key = orbit
             if reduce and run.last is not None and before is not None:
                 # Book the step just taken: its footprint, where it led, and wake the sleepers
                 # that depend on it.
@@ -350,10 +387,10 @@ def explore(
         "exhaustive",
         stats,
         failure,
-        complete=stats.cut == 0 and failure is None,
+        complete=stats.cut == 0 and failure is None and not stack,
         preemptions=preemptions,
         max_depth=max_depth,
-        states=frozenset(visited) if keep_states else None,
+        states=frozenset(reached) if keep_states else None,
     )
 
 
@@ -364,6 +401,7 @@ def explore_random(
     seed: int = 0,
     preemptions: int = 2,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    time_limit: float | None = None,
     progress: Progress | None = None,
     progress_every: int = 20,
 ) -> Result:
@@ -375,7 +413,11 @@ def explore_random(
     canon = FrameCanon()
     failure: Failure | None = None
     length = 0  # the longest schedule so far: PCT's k, where change points are drawn
+    deadline = None if time_limit is None else t0 + time_limit
     for _ in range(schedules):
+        if deadline is not None and time.perf_counter() > deadline:
+            stats.stopped = "time limit"
+            break
         stats.schedules += 1
         world = World(config)
         n = len(world.threads)

@@ -479,6 +479,35 @@ class Keyer:
         return hash((components.combined(), *(self.threads.thread_hash(t, m) for t in range(n))))
 
 
+def symmetry_classes(world: World) -> list[list[int]]:
+    """vCPUs that run the same script, in groups (a vCPU alone is a group of one)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, th in enumerate(world.threads[: len(world.vcpus)]):
+        groups.setdefault(tuple(th.ops), []).append(i)
+    return list(groups.values())
+
+
+def symmetric_key(keyer: Keyer, components: Components, context: int | None,
+                  classes: list[list[int]]) -> int:
+    """The key of the state's orbit under permutations of interchangeable vCPUs.
+
+    Symmetry reduction (Ip and Dill, "Better verification through symmetry", 1996; Murphi's
+    scalarsets): vCPUs running the same script differ only by their index, which neither the
+    protocol nor the oracle's judgement depends on.  Each vCPU is described by what is its own —
+    its thread's frames, its cache, root and lock hold (V_i), its SRCU read section (R_i), whether
+    it ran last — and within a class of interchangeable vCPUs the descriptions are sorted, so
+    every permutation of a state gets the same key.
+    """
+    parts = components.parts
+    threads = keyer.threads
+    m = keyer.token(components)
+    n = len(keyer.shared.vm.vcpus)
+    per = [(threads.thread_hash(i, m), parts[GLOBAL_PARTS + 2 * i],
+            parts[GLOBAL_PARTS + 2 * i + 1], context == i) for i in range(n)]
+    return hash((*parts[:GLOBAL_PARTS], threads.thread_hash(n, m), context == n,
+                 *(tuple(sorted(per[i] for i in cls)) for cls in classes)))
+
+
 def with_context(world_hash: int, context: int | None) -> int:
     """The visited-set key: a world hash and the scheduler context (who ran last, or None)."""
     return hash((world_hash, -1 if context is None else context))

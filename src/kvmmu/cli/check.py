@@ -89,7 +89,7 @@ def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None
 def _stats_json(stats: Stats) -> dict[str, Any]:
     return {"states": stats.states, "schedules": stats.schedules, "completed": stats.completed,
             "steps": stats.steps, "pruned": stats.pruned, "sleep_pruned": stats.sleep_pruned,
-            "cut": stats.cut,
+            "cut": stats.cut, "queue": stats.queue, "stopped": stats.stopped,
             "seconds": round(stats.elapsed, 3),
             "states_per_second": round(stats.states_per_second, 1)}
 
@@ -143,6 +143,12 @@ def _mode_text(result: Result) -> str:
 @click.option("--no-reduce", is_flag=True,
               help="Turn the partial-order reduction off (sleep sets certified by the state "
                    "cache; it reaches the same states in fewer runs).")
+@click.option("--no-symmetry", is_flag=True,
+              help="Tell apart states that differ only by swapping vCPUs running the same "
+                   "script (by default one of them stands for all).")
+@click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Stop the search after this long; the result says it is incomplete.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-trace", is_flag=True, help="Leave the trace lines out of the counterexample.")
 @click.pass_context
@@ -150,8 +156,8 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
             accesses: int | None, bound: int | None, depth: int | None,
             random_schedules: int | None, seed: int, scenario_path: Path | None,
             gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None,
-            replay: str | None, budget: float, no_reduce: bool, as_json: bool,
-            no_trace: bool) -> None:
+            replay: str | None, budget: float, no_reduce: bool, no_symmetry: bool,
+            time_limit: float | None, as_json: bool, no_trace: bool) -> None:
     """Explore interleavings of vCPU accesses and memslot updates, looking for stale MMIO SPTEs.
 
     N vCPU threads run short access scripts against M KVM_SET_USER_MEMORY_REGION calls from one
@@ -182,23 +188,38 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
         ctx.exit(1 if replayed.findings else 0)
     err = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[eta]}"), console=err,
                   transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("exploring" if random_schedules is None else "random schedules",
-                            total=random_schedules, info="")
+                            total=random_schedules, info="", eta="")
 
         def progress(stats: Stats) -> None:
+            # ETA: of the schedules asked for (random), or of the time limit; an exhaustive
+            # search's size is not known before it ends.
+            rate = stats.states_per_second
+            if random_schedules and stats.schedules:
+                left = stats.elapsed * (random_schedules - stats.schedules) / stats.schedules
+            elif time_limit is not None:
+                left = time_limit - stats.elapsed
+            else:
+                left = None
             bar.update(task, completed=stats.schedules if random_schedules else None,
-                       info=f"{stats.states} states, {stats.schedules} schedules")
+                       info=f"{stats.states:,} states, {rate:,.0f} states/s, "
+                            f"{stats.pruned + stats.sleep_pruned:,} pruned, "
+                            f"queue {stats.queue:,}",
+                       eta="" if left is None else f"ETA {max(left, 0):.0f} s")
 
         if random_schedules is None:
             result = explore(config, preemptions=bound, max_depth=max_depth,
                              depth_is_bound=depth is not None, reduce=not no_reduce,
+                             symmetry=not no_symmetry, time_limit=time_limit,
                              progress=progress)
         else:
             result = explore_random(config, schedules=random_schedules, seed=seed,
                                     preemptions=DEFAULT_BOUND if bound is None else bound,
-                                    max_depth=max_depth, progress=progress)
+                                    max_depth=max_depth, time_limit=time_limit,
+                                    progress=progress)
         found: Counterexample | None = None
         minimised: dict[str, Any] | None = None
         if result.failure is not None:
@@ -225,8 +246,15 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
         out.print(f"mode: {_mode_text(result)}")
         out.print(f"states explored: {stats.states}  schedules run: {stats.schedules}  "
                   f"time: {stats.elapsed:.2f} s  ({stats.states_per_second:,.0f} states/s)")
+        out.print(f"pruned: {stats.pruned} at visited states, {stats.sleep_pruned} by the "
+                  f"partial-order reduction")
+        if stats.stopped is not None:
+            out.print(f"stopped by the {stats.stopped}: the search is not exhaustive")
         if ce is None:
-            if result.mode == "random":
+            if stats.stopped is not None:
+                out.print(f"no violation in the {stats.states} states explored before the "
+                          f"{stats.stopped}")
+            elif result.mode == "random":
                 out.print(f"no violation in {stats.schedules} random schedules")
             elif stats.cut:
                 out.print(f"no violation found, but {stats.cut} schedules were cut at the depth "

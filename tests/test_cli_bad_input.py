@@ -127,6 +127,13 @@ BAD_SCENARIOS: list[tuple[str, str, str]] = [
         + "[vcpu]\nworking_set = '2GiB'\n",
         "would need about",
     ),
+    (
+        "vmm-in-ram.toml",
+        GOOD_HEAD + "[[vmm]]\nop = 'create'\nslot = 5\ngpa = '4GiB'\nsize = 4096\n",
+        "EEXIST",
+    ),
+    ("vmm-ghost.toml", GOOD_HEAD + "[[vmm]]\nop = 'delete'\nslot = 7\n", "slot 7 is neither"),
+    ("vmm-size.toml", GOOD_HEAD + "[[vmm]]\nop = 'create'\nslot = 5\ngpa = 0\nsize = 0\n", "vmm[0].size"),
     ("steps-kind.toml", '[[step]]\nop = "read"\ngpa = 0\n', "takes a workload scenario"),
 ]
 
@@ -222,6 +229,9 @@ BAD: list[tuple[list[str], str]] = [
     (["plot", "--out", "results"], "results"),
     (["plot", "--out", "notes.txt"], "notes.txt"),
     (["plot", "--bogus"], "--bogus"),
+    (["plot", "--time-limit", "nan"], "--time-limit"),
+    (["plot", "--time-limit", "0"], "--time-limit"),
+    (["plot", "--time-limit", "-3"], "--time-limit"),
     # diff: every mode checks its arguments before /dev/kvm
     (["diff"], "exactly one"),
     (["diff", "--random", "1", "--errno", "1"], "exactly one"),
@@ -275,6 +285,9 @@ BAD: list[tuple[list[str], str]] = [
     (["check", "--scenario", "syntax.toml"], "syntax.toml"),
     (["check", "--slot-zap", "x"], "--slot-zap"),
     (["check", "--bogus"], "--bogus"),
+    (["check", "--time-limit", "nan"], "--time-limit"),
+    (["check", "--time-limit", "0"], "--time-limit"),
+    (["check", "--time-limit", "x"], "--time-limit"),
     # the other commands' usage errors
     (["capture", "--bogus"], "--bogus"),
     (["validate", "--bogus"], "--bogus"),

@@ -72,3 +72,14 @@ def test_the_seed_figure_shows_walks_growing_generation_flat_and_refaults(tmp_pa
 def test_unknown_figure_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["plot", "pie-chart"])
     assert result.exit_code == 2 and "pie-chart" in result.output
+
+
+def test_time_limit_writes_what_was_drawn_and_exits_3(tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    args = ["plot", "shadow-pages", "refaults", "--quick", "-s", "generation", "--time-limit", "0.1",
+            "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    data = json.loads((out / "figures.json").read_text())
+    assert data["not_drawn_time_limit"] and data["not_drawn_time_limit"][-1] == "refaults"
+    assert "--time-limit 0.1 s reached" in result.stderr

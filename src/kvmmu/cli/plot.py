@@ -9,6 +9,7 @@ published ones are shown beside the model's) and writes a PNG; all numbers also 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,13 @@ def _crossover(sweep: Sweep, a: str, b: str, key: str) -> int | None:
     help="Processes for the sweeps (a dask LocalCluster when > 1).",
 )
 @click.option("--quick", is_flag=True, help="Fewer sweep points (seconds instead of minutes).")
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(0.1, 7 * 24 * 3600),
+    metavar="SECONDS",
+    help="Stop after this many seconds: the figures finished by then are written, the rest "
+    "listed as not drawn (exit status 3).",
+)
 def command(
     figures: tuple[str, ...],
     strategies: tuple[str, ...],
@@ -121,6 +129,7 @@ def command(
     out_dir: str,
     workers: int,
     quick: bool,
+    time_limit: float | None,
 ) -> None:
     """Simulate and draw the figures: FIGURE is one or more of seed, shadow-pages, refaults,
     fast-zap, vcpus, or all (the default).
@@ -135,6 +144,8 @@ def command(
                   46.1 ms (before fast zap) and 21.6 ms (after)
     vcpus         vCPU stall time vs vCPU count, 1..512
     """
+    if time_limit is not None and not math.isfinite(time_limit):  # click lets nan through
+        raise InputError(f"--time-limit: must be a number of seconds (got {time_limit})")
     chosen = list(FIGURES) if not figures or "all" in figures else list(dict.fromkeys(figures))
     names = list(strategies) or list(STRATEGIES)
     try:
@@ -150,17 +161,38 @@ def command(
     captions: dict[str, str] = {}
     t0 = time.perf_counter()
 
+    deadline = t0 + time_limit if time_limit is not None else None
+
     def note(what: str) -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _TimeUp  # between two simulations: the figure in progress is dropped
         if err.is_terminal:
             err.print(f"[dim]{time.perf_counter() - t0:6.1f} s  {what}[/dim]")
 
+    drawn: list[str] = []
     with atomic_directory(out) as tmp:
         for fig in chosen:
-            numbers[fig] = _FIGURE[fig](names, costs, tmp, console, workers, quick, note, captions)
+            try:
+                numbers[fig] = _FIGURE[fig](names, costs, tmp, console, workers, quick, note, captions)
+            except _TimeUp:
+                break
+            drawn.append(fig)
+        numbers["not_drawn_time_limit"] = chosen[len(drawn):]
         numbers["captions"] = captions
         (tmp / "figures.json").write_text(json.dumps(numbers, indent=1) + "\n", "utf-8")
         (tmp / "index.html").write_text(figures_html(captions), "utf-8")
     console.print(f"figures in {out}/ ({time.perf_counter() - t0:.1f} s)")
+    if len(drawn) < len(chosen):
+        click.echo(
+            f"kvmmu: --time-limit {time_limit:g} s reached: {len(drawn)} of {len(chosen)} figures "
+            f"drawn; not drawn: {', '.join(chosen[len(drawn):])}",
+            err=True,
+        )
+        raise SystemExit(3)
+
+
+class _TimeUp(Exception):
+    """--time-limit reached: unwinds the figure in progress from its progress callback."""
 
 
 Note = Any

@@ -53,6 +53,16 @@ def test_units_are_parsed() -> None:
             "vmm[0].bogus: unknown field; allowed: op",
         ),
         ("[vcpu]\nmmio_fraction = 0.5\n", "vcpu.mmio_fraction: > 0 needs [[devices]]"),
+        # Explicit requests KVM would refuse every time (issue 11: "only counted" before).
+        (
+            '[[vmm]]\nop = "create"\nslot = 5\ngpa = 0\nsize = 4096\n',
+            "vmm[0].gpa: [0x0, 0x1000) overlaps guest RAM",
+        ),
+        ('[[vmm]]\nop = "delete"\nslot = 9\n', "vmm[0].slot: slot 9 is neither guest RAM"),
+        ('[[vmm]]\nop = "create"\nslot = 5\ngpa = "1GiB"\nsize = 100\n', "vmm[0].size: must be a positive"),
+        ('[[vmm]]\nop = "create"\nslot = 5\ngpa = "1GiB"\nsize = 0\n', "vmm[0].size: must be a positive"),
+        ('[[vmm]]\nop = "create"\nslot = 5\ngpa = 0x3fffffffff000\nsize = 8192\n', "beyond guest.phys_bits"),
+        ('[[vmm]]\nop = "create"\nslot = 1\ngpa = "1GiB"\nsize = 4096\n', "vmm[0].slot: slot 1 is guest RAM"),
         # Semantics, not just types (issue 11): each names the field and what is allowed.
         ("[vcpu]\nworking_set = 0\n", "vcpu.working_set: must be at least one page, guest.page_size = 4096"),
         ('[guest]\npage_size = "2MiB"\n[vcpu]\nworking_set = "1MiB"\n', "(got 1048576)"),

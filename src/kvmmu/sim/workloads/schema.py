@@ -328,6 +328,7 @@ class Scenario:
                 f"devices[{i}].gpa",
                 f"gpa + size must fit in guest.phys_bits = {self.guest.phys_bits}",
             )
+        self._check_vmm_ops()
         g = self.guest
         _check(  # larger than RAM is fine: the window is RAM's (so that --memory may shrink it)
             self.vcpu.working_set >= g.page_size,
@@ -342,6 +343,45 @@ class Scenario:
             )
         if self.vcpu.mmio_fraction > 0:
             _check(len(self.devices) > 0, "vcpu.mmio_fraction", "> 0 needs [[devices]]")
+
+    def _check_vmm_ops(self) -> None:
+        """Explicit [[vmm]] requests KVM would refuse every time are errors, not a count of
+        refusals in the report: a create inside guest RAM (EEXIST), a misaligned or empty
+        range (EINVAL), one beyond phys_bits (EINVAL), or an operation on a slot that nothing
+        ever creates (ENOENT/EINVAL). The [random] stream is exempt: refusals are its point."""
+        g = self.guest
+        ram_lo, ram_hi = g.ram_base, g.ram_base + g.memory
+
+        def ids(op: VmmOp) -> list[int]:  # the slot ids one operation names
+            if op.slot is not None:
+                return [op.slot]
+            return list(range(op.slots.first, op.slots.first + op.slots.count)) if op.slots else []
+
+        known = {g.ram_slot, *(s.id for s in self.slots)}
+        known |= {i for op in self.vmm if op.op == "create" for i in ids(op)}
+        ram_touched = any(g.ram_slot in ids(op) for op in self.vmm if op.op != "create")
+        for n, op in enumerate(self.vmm):
+            where = f"vmm[{n}]"
+            for i in ids(op):
+                _check(i in known, f"{where}.slot",
+                       f"slot {i} is neither guest RAM, a [[slots]] entry nor created by a "
+                       f"[[vmm]] create: KVM would refuse every {op.op}")
+            if op.op != "create" or op.gpa is None or op.size is None:
+                continue
+            _check(op.size > 0 and op.size % PAGE_4K == 0, f"{where}.size",
+                   "must be a positive multiple of 4KiB (KVM refuses others with EINVAL)")
+            _check(op.gpa % PAGE_4K == 0, f"{where}.gpa", "must be 4KiB aligned (EINVAL otherwise)")
+            count = len(ids(op))
+            end = op.gpa + count * op.size
+            _check(end <= 1 << g.phys_bits, f"{where}.gpa",
+                   f"gpa + size x {count} slot(s) = {end:#x} is beyond guest.phys_bits = "
+                   f"{g.phys_bits} (EINVAL)")
+            if not ram_touched:
+                _check(end <= ram_lo or ram_hi <= op.gpa, f"{where}.gpa",
+                       f"[{op.gpa:#x}, {end:#x}) overlaps guest RAM [{ram_lo:#x}, {ram_hi:#x}), "
+                       "which stays mapped: KVM would refuse every create with EEXIST")
+            _check(g.ram_slot not in ids(op) or ram_touched, f"{where}.slot",
+                   f"slot {g.ram_slot} is guest RAM (guest.ram_slot), which exists already")
 
     def with_overrides(self, vcpus: int | None = None, memory: int | None = None) -> Scenario:
         """The same scenario with another vCPU count or RAM size (for sweeps), re-validated."""

@@ -45,3 +45,10 @@ def test_a_write_whose_value_does_not_fit_the_access_size_is_refused(size: int, 
     top = (1 << (8 * size)) - 1  # the largest value that fits is written and read back
     vcpu.access(0x10, write=True, size=size, value=top)
     assert vcpu.access(0x10, size=size).value == top
+
+
+@pytest.mark.parametrize(("gpa", "value"), [(0.5, 0), (None, 0), ("0x10", 0), (0x10, 1.5), (0x10, None)])
+def test_an_access_with_a_non_integer_gpa_or_value_names_them(gpa: object, value: object) -> None:
+    vcpu = VM("generation").create_vcpu()
+    with pytest.raises(TypeError, match="gpa and value must be integers"):
+        vcpu.access(gpa, write=True, value=value)  # type: ignore[arg-type]

@@ -206,3 +206,13 @@ def test_nonsensical_constructor_arguments_raise_a_clear_exception(
 def test_start_near_wrap_zero_and_true_are_accepted() -> None:
     assert VM(start_near_wrap=0).generation == VM(start_near_wrap=False).generation
     assert VM(start_near_wrap=True).generation != VM(start_near_wrap=False).generation
+
+
+@pytest.mark.parametrize("field", ["slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr"])
+def test_a_memslot_request_with_a_non_integer_field_names_it(field: str) -> None:
+    args = {"slot": 0, "flags": 0, "guest_phys_addr": 0, "memory_size": 4096, "userspace_addr": HVA}
+    args[field] = "0"
+    with pytest.raises(TypeError, match=f"{field} must be an int"):
+        VM().set_user_memory_region(**args)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="slot must be an int"):
+        VM().get_dirty_log("a")  # type: ignore[arg-type]

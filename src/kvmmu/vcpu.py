@@ -53,10 +53,10 @@ class Vcpu:
             self.arch.mmio_gfn = 0
 
     def _check(self, gpa: int, size: int, value: int = 0) -> None:
-        if size not in ACCESS_SIZES:
-            raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size!r}")
         if not isinstance(gpa, int) or not isinstance(value, int):
             raise TypeError(f"gpa and value must be integers, not {gpa!r} and {value!r}")
+        if size not in ACCESS_SIZES:
+            raise ValueError(f"access size must be one of {ACCESS_SIZES}, not {size!r}")
         if not 0 <= gpa < self._gpa_limit:
             raise ValueError(f"gpa {gpa:#x} is beyond the {self.vm.kvm.phys_bits}-bit "
                              "guest physical address width")
@@ -75,8 +75,12 @@ class Vcpu:
     def access(self, gpa: int, write: bool = False, size: int = 4, value: int = 0,
                emulated: bool = False) -> Outcome:
         """Perform one guest access and return what the guest observed and how."""
-        if size not in ACCESS_SIZES or not 0 <= gpa < self._gpa_limit \
-                or (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE or value >> (8 * size) or value < 0:
+        try:
+            bad = size not in ACCESS_SIZES or not 0 <= gpa < self._gpa_limit \
+                or (gpa & (PAGE_SIZE - 1)) + size > PAGE_SIZE or value >> (8 * size) or value < 0
+        except TypeError:  # a float or None: _check says which argument
+            bad = True
+        if bad:
             self._check(gpa, size, value)  # raises, saying which
         arch = self.arch
         # The plain run: drive the protocol with a bare loop (see run_to_completion) and read

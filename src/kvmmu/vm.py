@@ -174,6 +174,10 @@ class VM:
                                      memory_size: int, userspace_addr: int = 0
                                      ) -> Steps[Change]:
         """``KVM_SET_USER_MEMORY_REGION`` as a protocol generator (raises at the first step)."""
+        for name, value in (("slot", slot), ("flags", flags), ("guest_phys_addr", guest_phys_addr),
+                            ("memory_size", memory_size), ("userspace_addr", userspace_addr)):
+            if not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {value!r}")
         request = MemoryRegionRequest(slot, flags, guest_phys_addr, memory_size, userspace_addr)
         plan = plan_memory_region(request, self.kvm.memslots, phys_bits=self.kvm.phys_bits,
                                   nr_memslots=self.nr_memslots,
@@ -193,6 +197,8 @@ class VM:
 
     def get_dirty_log(self, slot: int) -> bytes:
         """``KVM_GET_DIRTY_LOG``: the slot's bitmap, cleared by the read (pages re-protected)."""
+        if not isinstance(slot, int):
+            raise TypeError(f"slot must be an int, not {slot!r}")
         as_id, slot_id = (slot >> 16) & 0xFFFF, slot & 0xFFFF
         if as_id >= self.kvm.memslots.nr_as or slot_id >= self.nr_memslots:
             raise KvmError("EINVAL", f"slot {slot:#x} does not name a memslot")

@@ -328,7 +328,6 @@ class Scenario:
                 f"devices[{i}].gpa",
                 f"gpa + size must fit in guest.phys_bits = {self.guest.phys_bits}",
             )
-        self._check_vmm_ops()
         g = self.guest
         _check(  # larger than RAM is fine: the window is RAM's (so that --memory may shrink it)
             self.vcpu.working_set >= g.page_size,
@@ -344,13 +343,20 @@ class Scenario:
         if self.vcpu.mmio_fraction > 0:
             _check(len(self.devices) > 0, "vcpu.mmio_fraction", "> 0 needs [[devices]]")
 
-    def _check_vmm_ops(self) -> None:
-        """Explicit [[vmm]] requests KVM would refuse every time are errors, not a count of
-        refusals in the report: a create inside guest RAM (EEXIST), a misaligned or empty
-        range (EINVAL), one beyond phys_bits (EINVAL), or an operation on a slot that nothing
-        ever creates (ENOENT/EINVAL). The [random] stream is exempt: refusals are its point."""
+    def request_problems(self) -> list[str]:
+        """Explicit [[vmm]] requests KVM would refuse every time: a create inside guest RAM
+        (EEXIST), an empty or misaligned range or one beyond phys_bits (EINVAL), an operation
+        on a slot nothing ever creates (ENOENT/EINVAL). Checked for files (see
+        :func:`scenario_from_dict`), not for scenarios built or overridden in code: a sweep
+        that grows RAM under a hot-add region, or a test of refusals, means them. The [random]
+        stream is exempt: refusals are part of its point."""
         g = self.guest
         ram_lo, ram_hi = g.ram_base, g.ram_base + g.memory
+        problems: list[str] = []
+
+        def check(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                problems.append(f"{field}: {msg}")
 
         def ids(op: VmmOp) -> list[int]:  # the slot ids one operation names
             if op.slot is not None:
@@ -363,25 +369,26 @@ class Scenario:
         for n, op in enumerate(self.vmm):
             where = f"vmm[{n}]"
             for i in ids(op):
-                _check(i in known, f"{where}.slot",
-                       f"slot {i} is neither guest RAM, a [[slots]] entry nor created by a "
-                       f"[[vmm]] create: KVM would refuse every {op.op}")
+                check(i in known, f"{where}.slot",
+                      f"slot {i} is neither guest RAM, a [[slots]] entry nor created by a "
+                      f"[[vmm]] create: KVM would refuse every {op.op}")
             if op.op != "create" or op.gpa is None or op.size is None:
                 continue
-            _check(op.size > 0 and op.size % PAGE_4K == 0, f"{where}.size",
-                   "must be a positive multiple of 4KiB (KVM refuses others with EINVAL)")
-            _check(op.gpa % PAGE_4K == 0, f"{where}.gpa", "must be 4KiB aligned (EINVAL otherwise)")
+            check(op.size > 0 and op.size % PAGE_4K == 0, f"{where}.size",
+                  "must be a positive multiple of 4KiB (KVM refuses others with EINVAL)")
+            check(op.gpa % PAGE_4K == 0, f"{where}.gpa", "must be 4KiB aligned (EINVAL otherwise)")
             count = len(ids(op))
             end = op.gpa + count * op.size
-            _check(end <= 1 << g.phys_bits, f"{where}.gpa",
-                   f"gpa + size x {count} slot(s) = {end:#x} is beyond guest.phys_bits = "
-                   f"{g.phys_bits} (EINVAL)")
+            check(end <= 1 << g.phys_bits, f"{where}.gpa",
+                  f"gpa + size x {count} slot(s) = {end:#x} is beyond guest.phys_bits = "
+                  f"{g.phys_bits} (EINVAL)")
             if not ram_touched:
-                _check(end <= ram_lo or ram_hi <= op.gpa, f"{where}.gpa",
-                       f"[{op.gpa:#x}, {end:#x}) overlaps guest RAM [{ram_lo:#x}, {ram_hi:#x}), "
-                       "which stays mapped: KVM would refuse every create with EEXIST")
-            _check(g.ram_slot not in ids(op) or ram_touched, f"{where}.slot",
-                   f"slot {g.ram_slot} is guest RAM (guest.ram_slot), which exists already")
+                check(end <= ram_lo or ram_hi <= op.gpa, f"{where}.gpa",
+                      f"[{op.gpa:#x}, {end:#x}) overlaps guest RAM [{ram_lo:#x}, {ram_hi:#x}), "
+                      "which stays mapped: KVM would refuse every create with EEXIST")
+            check(g.ram_slot not in ids(op) or ram_touched, f"{where}.slot",
+                  f"slot {g.ram_slot} is guest RAM (guest.ram_slot), which exists already")
+        return problems
 
     def with_overrides(self, vcpus: int | None = None, memory: int | None = None) -> Scenario:
         """The same scenario with another vCPU count or RAM size (for sweeps), re-validated."""
@@ -442,22 +449,27 @@ def _dataclass_in(hint: Any) -> Any:
     return None
 
 
-def scenario_from_dict(data: dict[str, Any], path: str = "<built>") -> Scenario:
-    """Validate a scenario given as the dict a TOML file would parse to (for built experiments)."""
+BUILT = "<built>"
+
+
+def scenario_from_dict(data: dict[str, Any], path: str = BUILT) -> Scenario:
+    """Validate a scenario given as the dict a TOML file would parse to; ``path`` names it in
+    errors. A scenario read from a file (any ``path`` but :data:`BUILT`) must not make
+    requests KVM refuses every time (:meth:`Scenario.request_problems`)."""
     data = take_kind(data, "workload", path, ScenarioError)
     try:
-        return _ADAPTER.validate_python(data)
+        sc = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise ScenarioError(f"{path}: " + "; ".join(_message(e) for e in exc.errors())) from None
+    problems = sc.request_problems() if path != BUILT else []
+    if problems:
+        raise ScenarioError(f"{path}: " + "; ".join(problems))
+    return sc
 
 
 def parse_scenario(text: str, path: str) -> Scenario:
     """Parse and validate a scenario's TOML text; ``path`` names it in errors."""
-    raw = take_kind(parse_toml(text, path, ScenarioError), "workload", path, ScenarioError)
-    try:
-        return _ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        raise ScenarioError(f"{path}: " + "; ".join(_message(e) for e in exc.errors())) from None
+    return scenario_from_dict(parse_toml(text, path, ScenarioError), path)
 
 
 def scenario_names() -> tuple[str, ...]:

@@ -40,6 +40,7 @@ def test_success_replaces_the_previous_report(tmp_path: Path) -> None:
 
 # --- never deleting what kvmmu did not write (issue 11) ------------------------------------------
 
+import json  # noqa: E402
 import os  # noqa: E402
 import stat  # noqa: E402
 
@@ -168,3 +169,35 @@ def test_output_file_replaces_only_what_kvmmu_wrote(tmp_path: Path) -> None:
     for bad in ("", ".", str(tmp_path), str(tmp_path / "nodir" / "p.toml"), "/proc/x", "/proc/"):
         with pytest.raises(OutputError):
             check_output_file(bad, ours=ours)
+
+
+# --- the rule as a property: whatever a folder holds, nothing unlisted is ever lost ------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NAMES = st.sets(st.sampled_from(["a.json", "b.csv", "c.png", "notes.txt", "x", ".hidden"]), max_size=5)
+
+
+@given(listed=_NAMES, present=_NAMES)
+@settings(max_examples=60, deadline=None)
+def test_any_folder_is_replaced_only_if_everything_in_it_is_kvmmus(
+    tmp_path_factory: pytest.TempPathFactory, listed: set[str], present: set[str]
+) -> None:
+    final = tmp_path_factory.mktemp("p") / "out"
+    final.mkdir()
+    for name in present:
+        (final / name).write_text(name)
+    (final / MARKER).write_text(json.dumps({"kvmmu": 1, "files": sorted(listed)}))
+    foreign = present - listed
+    try:
+        with atomic_directory(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+    except OutputError:
+        assert foreign  # refused only when something unlisted is there
+        assert {p.name for p in final.iterdir()} == present | {MARKER}
+        assert all((final / n).read_text() == n for n in present)
+    else:
+        assert not foreign
+        assert {p.name for p in final.iterdir()} == {"new.txt", MARKER}
+    assert [p.name for p in final.parent.iterdir()] == ["out"]  # no temporary left beside it

@@ -71,6 +71,7 @@ class Stats:
     sleep_pruned: int = 0  # transitions not taken: known to lead to a state already explored
     queue: int = 0  # alternatives waiting on the stack
     stopped: str | None = None  # why the search stopped before the end ("time limit")
+    wrap_runs: int = 0  # runs in which the MMIO generation wrapped (exhaustive search)
     cut: int = 0  # runs cut at max_depth
     elapsed: float = 0.0
 
@@ -371,6 +372,8 @@ def explore(
                 reads = reads_of(world, t)
             keyer.ran(t)
             findings = _step(world, t)
+        if world.vm.kvm.mmu.stats.generation_wraps:
+            stats.wrap_runs += 1
         if findings:
             failure = Failure(tuple(run.schedule), tuple(findings))
         if progress is not None and stats.schedules % progress_every == 0:

@@ -36,6 +36,8 @@ from kvmmu.check import (
     parse_schedule,
 )
 from kvmmu.check.explore import DEFAULT_MAX_DEPTH
+from kvmmu.check.scenario import Scenario
+from kvmmu.check.wrap import WRAP_GEN_BITS, wrap_config, wrap_verdict
 from kvmmu.mmu.invalidation import SLOT_ZAPS, STRATEGIES, VARIANTS
 from kvmmu.scenarios import ScenarioError as KindError
 from kvmmu.scenarios import for_check
@@ -67,15 +69,43 @@ class _Bound(click.ParamType[int | None, Any]):
                   param, ctx)
 
 
+def _scenario(path: Path) -> Scenario:
+    try:
+        return for_check(path)  # any kind: see kvmmu.scenarios
+    except (ScenarioError, KindError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def _wrap_command(ctx: click.Context, config: CheckConfig, bound: int | None,
+                  time_limit: float | None, as_json: bool) -> None:
+    names = list(STRATEGIES)
+    if config.strategy not in names:
+        names.append(config.strategy)
+    out = Console(highlight=False, soft_wrap=True)
+    verdicts = []
+    for name in names:
+        v = wrap_verdict(wrap_config(config, name), bound, time_limit=time_limit)
+        verdicts.append(v)
+        if not as_json:
+            out.print(f"{name:32s} {v.states:>8,} states {v.wrap_runs:>6,} runs wrapped  "
+                      f"{v.verdict}")
+    failed = [v for v in verdicts if v.violation is not None and not v.expected_violations]
+    if as_json:
+        click.echo(json.dumps({"config": config.summary(), "gen_bits": config.mmio_gen_bits,
+                               "preemption_bound": bound, "strategies":
+                               [v.to_json() for v in verdicts],
+                               "result": "violation" if failed else "ok"}, indent=1))
+    else:
+        bound_text = "none" if bound is None else str(bound)
+        out.print(f"(generation of {config.mmio_gen_bits} bits, {config.summary()}, "
+                  f"preemption bound {bound_text}, DELETE zaps {config.effective_slot_zap})")
+    ctx.exit(1 if failed else 0)
+
+
 def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None,
             scenario_path: Path | None, gen_bits: int | None, start_near_wrap: int | None,
             slot_zap: str | None) -> CheckConfig:
-    scenario = DEFAULT_SCENARIO
-    if scenario_path is not None:
-        try:
-            scenario = for_check(scenario_path)  # any kind: see kvmmu.scenarios
-        except (ScenarioError, KindError) as exc:
-            raise InputError(str(exc)) from None
+    scenario = DEFAULT_SCENARIO if scenario_path is None else _scenario(scenario_path)
     if updates is None:
         updates = min(2, len(scenario.updates))
     config = CheckConfig(strategy, scenario, vcpus, accesses, updates, gen_bits, start_near_wrap,
@@ -149,6 +179,13 @@ def _mode_text(result: Result) -> str:
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               metavar="SECONDS",
               help="Stop the search after this long; the result says it is incomplete.")
+@click.option("--wrap", "wrap", is_flag=True,
+              help="Report, strategy by strategy, whether it is correct across the MMIO "
+                   "generation wrap: every strategy (and --strategy, if it is a variant) is "
+                   "searched with a narrow generation (--gen-bits, default 2), all the "
+                   "scenario's updates and DELETE zapping only its slot (--slot-zap, default "
+                   "slot); the bound defaults to 1 here.  Exit status 1 if a strategy that "
+                   "should be correct is not.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--no-trace", is_flag=True, help="Leave the trace lines out of the counterexample.")
 @click.pass_context
@@ -157,7 +194,7 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
             random_schedules: int | None, seed: int, scenario_path: Path | None,
             gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None,
             replay: str | None, budget: float, no_reduce: bool, no_symmetry: bool,
-            time_limit: float | None, as_json: bool, no_trace: bool) -> None:
+            time_limit: float | None, wrap: bool, as_json: bool, no_trace: bool) -> None:
     """Explore interleavings of vCPU accesses and memslot updates, looking for stale MMIO SPTEs.
 
     N vCPU threads run short access scripts against M KVM_SET_USER_MEMORY_REGION calls from one
@@ -168,6 +205,14 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
     numbered counterexample in kernel terms, with its trace lines and a command that replays it.
     Exit status: 0 no violation, 1 violation, 2 bad input.
     """
+    if wrap:
+        scenario = DEFAULT_SCENARIO if scenario_path is None else _scenario(scenario_path)
+        config = _config(strategy, vcpus, len(scenario.updates) if updates is None else updates,
+                         accesses, scenario_path, WRAP_GEN_BITS if gen_bits is None else gen_bits,
+                         start_near_wrap, "slot" if slot_zap is None else slot_zap)
+        if ctx.get_parameter_source("bound") is click.core.ParameterSource.DEFAULT:
+            bound = 1
+        _wrap_command(ctx, config, bound, time_limit, as_json)
     config = _config(strategy, vcpus, updates, accesses, scenario_path, gen_bits,
                      start_near_wrap, slot_zap)
     max_depth = depth if depth is not None else DEFAULT_MAX_DEPTH

@@ -137,3 +137,20 @@ def test_a_tib_guest_with_512_vcpus_runs(costs: CostModel) -> None:
     r = simulate(sc, "generation", costs, SimOptions(seed=0, trace=False, oracle=False))
     assert len([t for t in r.threads if t.kind == "vcpu"]) == 512
     assert r.stats["pf_taken"] > 0 and len(r.latencies) == 1
+
+
+def test_before_5_17_each_update_pays_a_copy_of_the_slot_array(costs: CostModel) -> None:
+    # v5.12 virt/kvm/kvm_main.c kvm_set_memslot(): kvm_dup_memslots() copies every used slot per
+    # update; 5.17+ (a54d806688fe series) swaps trees.  The same run under both storages differs
+    # in each update's latency by the copy of the address space's slots.
+    sc = small(think="2ms")  # vCPUs that stay out of the way: no lock waits in the latencies
+    tree = simulate(sc, "generation", costs, SimOptions(trace=False, memslot_array=False))
+    array = simulate(sc, "generation", costs, SimOptions(trace=False, memslot_array=True))
+    assert not STRATEGIES["generation"].memslot_array
+    assert STRATEGIES["generation-5.1"].memslot_array
+    ok = [(t, a) for t, a in zip(tree.updates, array.updates, strict=True) if t.change != "error"]
+    assert ok
+    copy = costs["memslot_copy_per_slot_ns"]
+    for t, a in ok:
+        assert a.latency_ns - t.latency_ns >= copy  # at least the RAM slot is copied
+        assert (a.latency_ns - t.latency_ns) % copy == 0

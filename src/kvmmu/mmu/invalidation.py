@@ -96,6 +96,12 @@ class Strategy:
     trace_access_write_user: bool = False
     #: ``kvm_mmu_max_gfn()`` bounds new slots (EINVAL) in ``kvm_arch_prepare_memory_region``.
     max_gfn_check: bool = True
+    #: Memslots kept in one sorted array, copied whole by every update (``kvm_dup_memslots()``
+    #: and ``update_memslots()``, v5.12 virt/kvm/kvm_main.c) and searched linearly by the mmu
+    #: notifier (``kvm_handle_hva_range()``): O(n) per update, as every kernel before 5.17.  From
+    #: 5.17 (a54d806688fe and its series, Maciej S. Szmigiero) two sets of interval tree, rbtree
+    #: and hash are swapped: O(log n).  The timed model charges ``memslot_copy_per_slot_ns``.
+    memslot_array: bool = True
     commits: tuple[str, ...] = ()  # the commits that define this behaviour
     sources: tuple[str, ...] = ()  # version, file, function: where each field was read
     #: Bugs the modelled kernel really had (one line each, with the fixing commit); non-empty marks
@@ -285,7 +291,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
     Strategy(
         "generation", "modern: in-progress flag, retried invalid-slot faults (current kernels)",
         kernels="5.13 - 6.x", era="modern", layout="modern", mmio_generation=True,
-        create_zap=None, slot_zap="all",
+        create_zap=None, slot_zap="all", memslot_array=False,
         commits=("164bf7e56c5a (in-progress bit)", "edea7c4fc215 (5.13: bit 11 = "
                  "SPTE_MMU_PRESENT, generation at 3..10 and 52..62)",
                  "e0c378684b65 'KVM: x86/mmu: Retry page faults that hit an invalid memslot'"),
@@ -299,7 +305,7 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
         "zap-all-fast", "HYPOTHETICAL: bump mmu_valid_gen on CREATE/MOVE; every vCPU refaults all",
         kernels="never merged (Marcelo Tosatti's question, rejected in the seed mail)",
         era="modern", layout="modern", mmio_generation=False, create_zap="all-fast",
-        create_zap_at="memslots-updated", slot_zap="all", hypothetical=True,
+        create_zap_at="memslots-updated", slot_zap="all", hypothetical=True, memslot_array=False,
         sources=("Xiao Guangrong, '[PATCH 0/6] KVM: MMU: fast invalid all mmio sptes', kvm list, "
                  "March 2013: bumping the shadow-page generation on every SLOT_CREATE would make "
                  "all vCPUs fault on all memory",)),

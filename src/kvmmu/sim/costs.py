@@ -47,6 +47,14 @@ name                           what takes that long
 ``shadow_page_freed_ns``       one shadow page freed (kvm_mmu_commit_zap_page)
 ``mmu_valid_gen_bump_ns``      kvm_mmu_zap_all_fast(): bump mmu_valid_gen, request root reloads
 ``spte_write_protect_ns``      one SPTE made read-only for dirty logging
+``memslot_copy_per_slot_ns``   before 5.17: per slot of the sorted array, per memslot update
+                               (``kvm_dup_memslots()`` memcpy and ``update_memslots()``' shift);
+                               5.17+ (a54d806688fe series) swaps trees in O(log n): not charged
+``memslot_hva_walk_ns``        an mmu-notifier call testing one memslot for its hva range: every
+                               slot before 5.17 (``kvm_handle_hva_range()``), one interval-tree
+                               node per level from 5.17 (``kvm_for_each_memslot_in_hva_range``)
+``mmu_notifier_ns``            one ``madvise(MADV_DONTNEED)``-style invalidation: the syscall,
+                               ``invalidate_range_start/end`` and the TLB flush, besides the walk
 =============================  ===================================================================
 """
 
@@ -108,6 +116,9 @@ COST_NAMES: tuple[str, ...] = (
     "shadow_page_freed_ns",
     "mmu_valid_gen_bump_ns",
     "spte_write_protect_ns",
+    "memslot_copy_per_slot_ns",
+    "memslot_hva_walk_ns",
+    "mmu_notifier_ns",
 )
 
 #: What each protocol step costs, by step name: a sum of (cost name, multiplier).
@@ -146,6 +157,9 @@ DRIVER_COSTS: Mapping[str, str] = MappingProxyType(
         "slow_path_fault_ns": "a fault that reaches the slow path (takes mmu_lock)",
         "lock_handoff_ns": "a spinning waiter taking mmu_lock from its previous holder",
         "memslot_ioctl_ns": "each KVM_SET_USER_MEMORY_REGION the VMM issues",
+        "memslot_copy_per_slot_ns": "per slot in the address space, per update, in eras before 5.17",
+        "memslot_hva_walk_ns": "per memslot an mmu-notifier invalidation tests (kvmmu memslot-perf)",
+        "mmu_notifier_ns": "each host unmap of guest memory (kvmmu memslot-perf)",
         "spte_zapped_ns": "per live entry of each shadow page freed (the model counts them: sptes_dropped)",
     }
 )

@@ -98,6 +98,9 @@ class SimOptions:
     #: A recorded run (``kvmmu replay``): its requests and accesses replace the scenario's
     #: sampled streams; the scenario still names the run and sizes the guest.
     workload: RecordedWorkload | None = None
+    #: The memslot storage to charge: the pre-5.17 sorted array (True), the 5.17+ trees (False),
+    #: or the strategy's own era (None; ``Strategy.memslot_array``).
+    memslot_array: bool | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +144,9 @@ class _Sim:
         self.c_slow = costs["slow_path_fault_ns"]
         self.c_handoff = costs["lock_handoff_ns"]
         self.c_ioctl = costs["memslot_ioctl_ns"]
+        array = self.vm.strategy.memslot_array if opts.memslot_array is None else opts.memslot_array
+        #: Before 5.17 each update copies the address space's sorted slot array (O(n)).
+        self.c_copy_slot = costs["memslot_copy_per_slot_ns"] if array else 0
         self.c_guest = costs["guest_access_ns"]
         self.threads: list[_Thread] = []
         self.waiters: dict[Step, deque[_Thread]] = {_MMU_LOCK: deque(), _SRCU_SYNC: deque()}
@@ -372,7 +378,7 @@ class _Sim:
                     self._span(th, f"{op}: {kind} slot {region.slot}", "memslot", t0, latency)
 
     def _update(self, th: _Thread, region: Region) -> Generator[Any, Any, str | None]:
-        yield self.c_ioctl
+        yield self.c_ioctl + self.c_copy_slot * memslot_copy_slots(self.vm, region.slot)
         gen = self.vm.set_user_memory_region_steps(
             region.slot, region.flags, region.guest_phys_addr, region.memory_size, region.userspace_addr
         )
@@ -448,6 +454,19 @@ class _Sim:
             if (oracle := self.vm.oracle) is not None
             else (),
         )
+
+
+def memslot_copy_slots(vm: VM, slot: int) -> int:
+    """How many slots an update of ``slot`` copies before 5.17: its address space's used slots.
+
+    v5.12 virt/kvm/kvm_main.c ``kvm_set_memslot()`` calls ``kvm_dup_memslots()`` once per update
+    (``memcpy`` of ``used_slots`` entries; a DELETE or MOVE publishes that copy marked invalid and
+    re-uses the old array it gets back for the final one), and ``update_memslots()`` shifts
+    entries to keep the array sorted.  The model charges one pass over the used slots per update.
+    """
+    as_id = (slot >> 16) & 0xFFFF
+    active = vm.kvm.memslots.active
+    return len(active[as_id]) if as_id < len(active) else 0
 
 
 def simulate(

@@ -169,7 +169,9 @@ def test_unusable_out_is_one_line_before_simulating(
 
 def test_expected_violations_exit_0_and_unexpected_ones_are_named(tmp_path: Path) -> None:
     # 3.11's generation scheme has a known bug (the stale per-vCPU cache) that rom-loop shows.
-    args = ["run", "rom-loop", "-s", "generation-3.11", "--no-plots", "--json"]
+    # The race is narrow: a seed whose ROM remap meets a vCPU's cached MMIO access (timing-
+    # dependent; seed 0 stopped showing it when 3.11's per-update memslot copy was charged).
+    args = ["run", "rom-loop", "-s", "generation-3.11", "--no-plots", "--json", "--seed", "1"]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output  # known bugs: violations are expected
     data = json.loads(result.output)
@@ -183,7 +185,7 @@ def test_expected_violations_exit_0_and_unexpected_ones_are_named(tmp_path: Path
     from kvmmu.sim.run import SimOptions, simulate_all
     from kvmmu.sim.workloads.schema import load_scenario
 
-    opts = SimOptions(vm_options={"slot_zap": "slot", "start_near_wrap": True})  # as kvmmu run
+    opts = SimOptions(seed=1, vm_options={"slot_zap": "slot", "start_near_wrap": True})  # as run
     sc = load_scenario("rom-loop")
     run = simulate_all(sc, ["generation-3.11"], default_costs(), opts)
     assert unexpected_violations(run) == []

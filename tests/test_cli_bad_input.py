@@ -215,6 +215,8 @@ BAD: list[tuple[list[str], str]] = [
     (["run", "--out", "notes.txt"], "notes.txt"),
     (["run", "--out", "notes.txt/sub"], "notes.txt"),
     (["run", "--out", "link"], "symbolic link"),
+    (["run"], "kvmmu-out"),  # the default folder's parent exists as a file
+    (["run", "vga-bank-switch", "-s", "generation"], "kvmmu-out"),
     # plot
     (["plot", "nosuchfigure"], "nosuchfigure"),
     (["plot", "--workers", "0"], "--workers"),
@@ -229,6 +231,7 @@ BAD: list[tuple[list[str], str]] = [
     (["plot", "--out", "results"], "results"),
     (["plot", "--out", "notes.txt"], "notes.txt"),
     (["plot", "--bogus"], "--bogus"),
+    (["plot", "--quick"], "kvmmu-out"),
     (["plot", "--time-limit", "nan"], "--time-limit"),
     (["plot", "--time-limit", "0"], "--time-limit"),
     (["plot", "--time-limit", "-3"], "--time-limit"),
@@ -326,6 +329,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder such as a user has: their files, a foreign results folder, bad inputs."""
     d = tmp_path_factory.mktemp("user")
     (d / "notes.txt").write_text("my notes")
+    (d / "kvmmu-out").write_text("a file where kvmmu's default output folder would go")
     (d / "a-folder").mkdir()
     (d / "results").mkdir()
     (d / "results" / "thesis.tex").write_text("years of work")

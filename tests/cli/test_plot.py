@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -83,3 +84,16 @@ def test_time_limit_writes_what_was_drawn_and_exits_3(tmp_path: Path) -> None:
     data = json.loads((out / "figures.json").read_text())
     assert data["not_drawn_time_limit"] and data["not_drawn_time_limit"][-1] == "refaults"
     assert "--time-limit 0.1 s reached" in result.stderr
+
+
+def test_the_progress_total_counts_every_simulation_a_figure_announces(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from kvmmu.cli.plot import _FIGURE, _simulations
+    from kvmmu.sim.costs import default_costs
+
+    for fig in ("shadow-pages", "refaults"):
+        notes: list[str] = []
+        _FIGURE[fig](["generation"], default_costs(), tmp_path, Console(file=io.StringIO()), 1, True,
+                     notes.append, {})
+        assert len(notes) == _simulations(fig, 1, True), (fig, notes)

@@ -16,6 +16,14 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from kvmmu.cli.strategies import StrategyParam
@@ -163,14 +171,28 @@ def command(
 
     deadline = t0 + time_limit if time_limit is not None else None
 
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    # One unit per simulation the figures announce (ETA from the pace so far: points differ in
+    # cost, so it is a guide, not a promise).
+    task = bar.add_task("simulating", total=sum(_simulations(f, len(names), quick) for f in chosen))
+
     def note(what: str) -> None:
         if deadline is not None and time.perf_counter() > deadline:
             raise _TimeUp  # between two simulations: the figure in progress is dropped
-        if err.is_terminal:
-            err.print(f"[dim]{time.perf_counter() - t0:6.1f} s  {what}[/dim]")
+        bar.update(task, advance=1, description=what)
 
     drawn: list[str] = []
-    with atomic_directory(out) as tmp:
+    with bar, atomic_directory(out) as tmp:
         for fig in chosen:
             try:
                 numbers[fig] = _FIGURE[fig](names, costs, tmp, console, workers, quick, note, captions)
@@ -189,6 +211,21 @@ def command(
             err=True,
         )
         raise SystemExit(3)
+
+
+def _simulations(figure: str, strategies: int, quick: bool) -> int:
+    """How many progress notes ``figure`` makes (one per simulation it announces)."""
+    if figure == "seed":
+        seed = QUICK_SEED_PAGES if quick else SEED_PAGES
+        warm = QUICK_SEED_WARM if quick else SEED_WARM
+        return len(seed) * len(ex.SEED_WALKS) + len(warm) * len(ex.SEED_REFAULTS)
+    if figure == "shadow-pages":
+        return len(QUICK_LEAF_PAGES if quick else LEAF_PAGES) * strategies
+    if figure == "fast-zap":
+        return strategies + len(ex.FAST_ZAP_ERAS)
+    if figure == "vcpus":
+        return len(QUICK_VCPU_COUNTS if quick else VCPU_COUNTS) * strategies
+    return 1  # refaults: one note for the whole figure
 
 
 class _TimeUp(Exception):

@@ -255,7 +255,10 @@ def test_a_failing_command_leaves_its_capture_and_its_exit_status_is_reported(
 
 
 @pytest.mark.kvm
-def test_ctrl_c_ends_the_command_and_keeps_the_capture(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_the_command_and_keeps_the_capture(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     if shutil.which("strace") is None:
         pytest.skip("strace not installed (apt-get install strace)")
     out = tmp_path / "c"
@@ -269,7 +272,7 @@ def test_ctrl_c_ends_the_command_and_keeps_the_capture(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     while "sleep" not in _descendants(child.pid) and time.monotonic() < deadline:
         time.sleep(0.05)  # the command runs (under strace, traced): the capture is under way
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 0, stderr
     assert json.loads(stdout)["ended_by"] == "interrupt" and "ended by Ctrl-C" in stderr

@@ -13,6 +13,8 @@ import contextlib
 import gzip
 import json
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +109,13 @@ def command(
     except (OutputError, CaptureError) as exc:
         raise InputError(str(exc)) from None
     err = Console(stderr=True)
+    status = (
+        contextlib.nullcontext()
+        if not err.is_terminal
+        else err.status(f"capturing {Path(command[0]).name} (ends when it exits)")
+    )
     try:
-        with (
-            contextlib.nullcontext()
-            if not err.is_terminal
-            else err.status(f"capturing {Path(command[0]).name} (ends when it exits)")
-        ):
+        with _stop_signals_interrupt(), status:
             rec = record(command, strace=strace_bin, timeout=timeout, via=via)
     except CaptureError as exc:
         raise InputError(str(exc)) from None
@@ -144,6 +147,22 @@ def command(
     if not cap.memslots:
         hint = " (a statically linked VMM ignores LD_PRELOAD: use --via strace)" if via == "preload" else ""
         click.echo(f"kvmmu: warning: {command[0]} made no memslot ioctl seen{hint}", err=True)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the capture like Ctrl-C: the VMM is stopped, the trace instance
+    removed and the capture kept (the default action would kill kvmmu with tracing half set up)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _print(f: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from kvmmu.errors import KvmError
 #: Subcommand modules, each defining ``command: click.Command``. Add one line per new command.
 COMMAND_MODULES: tuple[str, ...] = (
     "run", "diff", "calibrate", "plot", "check", "capture", "replay", "validate", "strategies",
-    "memslot_perf",
+    "memslot_perf", "reproduce",
 )
 
 

@@ -289,14 +289,29 @@ BAD: list[tuple[list[str], str]] = [
     (["check", "--slot-zap", "x"], "--slot-zap"),
     (["check", "--bogus"], "--bogus"),
     (["check", "--time-limit", "0"], "--time-limit"),
+    (["check", "--time-limit", "nan"], "--time-limit"),
+    (["check", "--budget", "nan"], "--budget"),
+    (["check", "--budget", "inf"], "--budget"),
     (["check", "--time-limit", "x"], "--time-limit"),
     # the other commands' usage errors
     (["capture", "--bogus"], "--bogus"),
     (["validate", "--bogus"], "--bogus"),
     (["validate", "missing-capture"], "missing-capture"),
+    (["capture", "--timeout", "nan", "--", "true"], "--timeout"),
+    (["capture", "--timeout", "inf", "--", "true"], "--timeout"),
+    (["capture", "--out", "/proc/x", "--", "true"], "/proc"),
+    (["capture", "--out", "results", "--", "true"], "results"),
+    (["capture"], "CMD"),
+    (["replay"], "CAPTURE"),
+    (["replay", "missing-capture"], "missing-capture"),
+    (["replay", "notes.txt"], "notes.txt"),
+    (["replay", "a-folder"], "a-folder"),
+    (["validate", "notes.txt"], "notes.txt"),
+    (["validate", "a-folder"], "a-folder"),
+    (["strategies", "--bogus"], "--bogus"),
 ]
 
-COMMANDS = ("run", "plot", "diff", "calibrate", "check", "capture", "validate")
+COMMANDS = ("run", "plot", "diff", "calibrate", "check", "capture", "validate", "replay", "strategies")
 
 #: Unusual command lines that must succeed without touching anything: (argv, text in stdout).
 FINE: list[tuple[list[str], str]] = [

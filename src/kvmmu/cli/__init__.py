@@ -9,7 +9,9 @@ checking parameters become the same kind of line.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
+from typing import Any
 
 import click
 
@@ -32,8 +34,32 @@ def cli() -> None:
     """
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, refusing ``nan`` and ``inf``: a range check lets nan through (every
+    comparison with it is false) and inf passes a range with no maximum, so ``--timeout nan``
+    or ``--timeout inf`` reached the code as a number (issue 11)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def _finite_floats(group: click.Group) -> None:
+    """Every FloatRange option of every command refuses nan and inf (one rule, one place)."""
+    for command in group.commands.values():
+        for param in command.params:
+            t = param.type
+            if isinstance(t, click.FloatRange) and not isinstance(t, FiniteFloatRange):
+                param.type = FiniteFloatRange(t.min, t.max, min_open=t.min_open,
+                                              max_open=t.max_open, clamp=t.clamp)
+
+
 for _name in COMMAND_MODULES:
     cli.add_command(importlib.import_module(f"kvmmu.cli.{_name}").command)
+_finite_floats(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,8 @@ of it, :mod:`~kvmmu.check.state` defines the key of a state for the visited set 
 :mod:`~kvmmu.check.keys` computes it incrementally, :mod:`~kvmmu.check.explore`
 searches (exhaustive with preemption bounding and state caching, or PCT random),
 :mod:`~kvmmu.check.por` cuts runs by partial-order reduction, :mod:`~kvmmu.check.wrap`
-reports each strategy across the generation wrap, :mod:`~kvmmu.check.minimize` shrinks a failing
+reports each strategy across the generation wrap, :mod:`~kvmmu.check.distributed` runs the
+search as prefix tasks on dask, :mod:`~kvmmu.check.minimize` shrinks a failing
 schedule, :mod:`~kvmmu.check.explain` tells it in
 kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only.
 

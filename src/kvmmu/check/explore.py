@@ -102,6 +102,8 @@ class Result:
     schedules_requested: int | None = None
     #: the visited set's keys (with ``keep_states=True``): what the search reached
     states: frozenset[int] | None = None
+    #: with ``frontier_depth``: the schedules (and preemptions used) where runs stopped
+    frontier: tuple[tuple[tuple[int, ...], int], ...] = ()
 
 
 Progress = Callable[[Stats], None]
@@ -186,6 +188,9 @@ def explore(
     verify_sleep: bool = False,
     keep_states: bool = False,
     time_limit: float | None = None,
+    start: tuple[int, ...] = (),
+    start_preemptions: int = 0,
+    frontier_depth: int | None = None,
     progress: Progress | None = None,
     progress_every: int = 50,
 ) -> Result:
@@ -197,9 +202,12 @@ def explore(
     ``verify_sleep`` (for tests) replays every transition a sleep set cut and checks that it
     leads where the sleep set said; ``keep_states`` returns the keys of the states reached, each
     as the key of its orbit under vCPU symmetry whether or not ``symmetry`` is on (so that the two
-    searches can be compared).  ``time_limit`` (seconds) stops the search between runs; the
-    result is then incomplete.  ``symmetry`` identifies states that differ only by a permutation
-    of vCPUs running the same script (:func:`kvmmu.check.keys.symmetric_key`).
+    searches can be compared).  ``start`` (a schedule, with the preemptions it used) is where
+    the search begins; ``frontier_depth`` stops every run at that depth and returns where it
+    stopped as ``Result.frontier`` (the distributed search's prefix tasks).  ``time_limit``
+    (seconds) stops the search between runs; the result is then incomplete.  ``symmetry``
+    identifies states that differ only by a permutation of vCPUs running the same script
+    (:func:`kvmmu.check.keys.symmetric_key`).
     """
     stats = Stats()
     t0 = time.perf_counter()
@@ -212,7 +220,8 @@ def explore(
     edges = Edges()
     # (schedule prefix, preemptions it used, thread hashes before its last step, its node)
     stack: list[tuple[tuple[int, ...], int, tuple[ThreadHasher.Seed, ...], _Node | None]] = [
-        ((), 0, (), None)]
+        (tuple(start), start_preemptions, (), None)]
+    frontier: list[tuple[tuple[int, ...], int]] = []
     failure: Failure | None = None
     # Only vCPU steps are functions of the state key: the VMM's zap loops iterate lists built
     # earlier, on the frame's value stack where the key cannot see them (kvmmu.check.state), so
@@ -324,6 +333,9 @@ def explore(
             if depth >= max_depth:
                 stats.cut += 1
                 break
+            if frontier_depth is not None and depth >= frontier_depth:
+                frontier.append((tuple(run.schedule), run.preemptions))  # a task for later
+                break
             order = enabled
             if run.last in enabled:
                 order = [run.last, *(t for t in enabled if t != run.last)]
@@ -390,10 +402,11 @@ def explore(
         "exhaustive",
         stats,
         failure,
-        complete=stats.cut == 0 and failure is None and not stack,
+        complete=stats.cut == 0 and failure is None and not stack and not frontier,
         preemptions=preemptions,
         max_depth=max_depth,
         states=frozenset(reached) if keep_states else None,
+        frontier=tuple(frontier),
     )
 
 

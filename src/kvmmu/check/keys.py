@@ -48,7 +48,15 @@ from operator import is_not
 from types import CodeType, FrameType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
 
-from kvmmu.check.state import ABSTRACTIONS, DROPPED_TYPES, UnknownLocalError, frames, memslot_key
+from kvmmu.check.state import (
+    ABSTRACTIONS,
+    DROPPED_TYPES,
+    UnknownLocalError,
+    frames,
+    generators,
+    hidden_iterators,
+    memslot_key,
+)
 from kvmmu.memslots import Memslot, Memslots, SlotSet
 from kvmmu.mmu.faults import VcpuArch
 from kvmmu.mmu.pages import ShadowPage
@@ -329,8 +337,10 @@ class FrameCanon:
             f"cannot key local {where} of type {kind.__qualname__}; teach kvmmu.check.state about it"
         )
 
-    def frame_hash(self, frame: FrameType) -> tuple[int, int]:
-        """The frame's hash (code, position, locals) and whether it must be recomputed."""
+    def frame_hash(self, gen: Any) -> tuple[int, int]:
+        """The hash of a generator's frame (code, position, locals, loops in progress) and how it
+        may go stale."""
+        frame: FrameType = gen.gi_frame
         self.volatile = NOT_VOLATILE
         code = frame.f_code
         code_id, index, abstractions = self.code_info(code)
@@ -354,7 +364,7 @@ class FrameCanon:
                         continue
             items.append((index[local], c))
         items.sort()
-        return hash((code_id, frame.f_lasti, *items)), self.volatile
+        return hash((code_id, frame.f_lasti, hidden_iterators(gen), *items)), self.volatile
 
 
 class ThreadHasher:
@@ -438,7 +448,7 @@ class ThreadHasher:
                         chain.append(e)
                         volatility = max(volatility, vol)
                         continue
-            fh, vol = self.canon.frame_hash(g.gi_frame)
+            fh, vol = self.canon.frame_hash(g)
             volatility = max(volatility, vol)
             chain.append((g, fh, vol, m))
         self._chains[t] = chain
@@ -452,7 +462,8 @@ def scratch_thread_hash(thread: Thread, canon: FrameCanon | None = None) -> int:
     if thread.gen is None:
         return hash((thread.op_index,))
     canon = canon or FrameCanon()
-    return hash((thread.op_index, *(canon.frame_hash(f)[0] for f in frames(thread.gen))))
+    frames(thread.gen)  # checks that every delegate is a generator
+    return hash((thread.op_index, *(canon.frame_hash(g)[0] for g in generators(thread.gen))))
 
 
 class Keyer:

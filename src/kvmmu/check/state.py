@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import hashlib
+import operator
 import pickle
 from collections.abc import Callable, Hashable
 from types import FrameType, GeneratorType
@@ -179,6 +181,29 @@ def frame_key(frame: FrameType, canon: _Canon | None = None) -> tuple[Any, ...]:
     return (code.co_qualname, frame.f_lasti, tuple(items))
 
 
+def hidden_iterators(gen: Any) -> tuple[int, ...]:
+    """How far each loop the generator's frame is inside has to go: the iterators on its stack.
+
+    A ``for`` loop's iterator lives on the frame's value stack, not in a local; the garbage
+    collector's traversal of a generator visits that stack (CPython 3.11 ``gen_traverse`` ->
+    ``_PyFrame_Traverse``), so ``gc.get_referents`` finds it, and its length hint says how many
+    items are left (an ``enumerate`` by its underlying iterator's).  The zap loops iterate lists
+    built before they yield: without this, two VMMs with equal keys could have different numbers
+    of pages still to free, and the state cache would cut one of them.
+    """
+    out: list[int] = []
+    for r in gc.get_referents(gen):
+        kind = type(r)
+        if kind is GeneratorType or not hasattr(kind, "__next__"):
+            continue
+        if kind is enumerate:
+            inner = [x for x in gc.get_referents(r) if hasattr(type(x), "__next__")]
+            out.append(operator.length_hint(inner[0], -1) if inner else -1)
+        else:
+            out.append(operator.length_hint(r, -1))
+    return tuple(out)
+
+
 def frames(gen: Any) -> list[FrameType]:
     """The frames of a suspended generator and of every generator it delegates to."""
     out: list[FrameType] = []
@@ -201,11 +226,22 @@ def thread_key(thread: Thread) -> tuple[Any, ...]:
     return key
 
 
+def generators(gen: Any) -> list[Any]:
+    """The suspended generator and every generator it delegates to, outermost first."""
+    out: list[Any] = []
+    while gen is not None and gen.gi_frame is not None:
+        out.append(gen)
+        gen = gen.gi_yieldfrom
+    return out
+
+
 def _thread_key(thread: Thread) -> tuple[tuple[Any, ...], bool]:
     if thread.gen is None:
         return (thread.op_index,), False
     canon = _Canon()
-    key = (thread.op_index, tuple(frame_key(f, canon) for f in frames(thread.gen)))
+    frames(thread.gen)  # checks that every delegate is a generator
+    key = (thread.op_index, tuple((*frame_key(g.gi_frame, canon), hidden_iterators(g))
+                                  for g in generators(thread.gen)))
     return key, canon.volatile
 
 

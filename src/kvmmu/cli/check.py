@@ -102,6 +102,52 @@ def _wrap_command(ctx: click.Context, config: CheckConfig, bound: int | None,
     ctx.exit(1 if failed else 0)
 
 
+def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce: bool,
+                 symmetry: bool, workers: int, scheduler: str | None, prefix_depth: int | None,
+                 checkpoint: Path | None) -> Result:
+    from distributed import Client, LocalCluster  # heavy: only for --distributed
+
+    from kvmmu.check.distributed import DEFAULT_PREFIX_DEPTH, explore_distributed, load_checkpoint
+    from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
+
+    resume = None
+    save = None
+    if checkpoint is not None:
+        if checkpoint.exists():
+            try:
+                resume = load_checkpoint(checkpoint.read_text(), config)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"--checkpoint {checkpoint}: {exc}") from None
+        else:
+            try:
+                check_output_file(checkpoint, "--checkpoint")
+            except OutputError as exc:
+                raise InputError(str(exc)) from None
+
+        def save(text: str) -> None:
+            atomic_write_text(checkpoint, text)
+
+    depth = DEFAULT_PREFIX_DEPTH if prefix_depth is None else prefix_depth
+    try:
+        if scheduler is not None:
+            client = Client(scheduler, timeout=10)  # type: ignore[no-untyped-call]
+            cluster = None
+        else:
+            cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        raise InputError(f"--scheduler {scheduler}: {exc}") from None
+    try:
+        return explore_distributed(config, client, preemptions=bound, reduce=reduce,
+                                   symmetry=symmetry, max_depth=max_depth, prefix_depth=depth,
+                                   resume=resume, save=save)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+        if cluster is not None:
+            cluster.close()
+
+
 def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None,
             scenario_path: Path | None, gen_bits: int | None, start_near_wrap: int | None,
             slot_zap: str | None) -> CheckConfig:
@@ -129,7 +175,8 @@ def _mode_text(result: Result) -> str:
     if result.mode == "random":
         return (f"random (PCT), {result.schedules_requested} schedules, seed {result.seed}, "
                 f"{result.preemptions} priority changes per schedule, depth cap {result.max_depth}")
-    return f"exhaustive, preemption bound {bound}, depth cap {result.max_depth}"
+    how = "exhaustive, in prefix tasks on dask" if result.mode == "distributed" else "exhaustive"
+    return f"{how}, preemption bound {bound}, depth cap {result.max_depth}"
 
 
 @click.command("check")
@@ -179,6 +226,19 @@ def _mode_text(result: Result) -> str:
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               metavar="SECONDS",
               help="Stop the search after this long; the result says it is incomplete.")
+@click.option("--distributed", is_flag=True,
+              help="Split the exhaustive search into prefix tasks and run them on dask."
+                   "distributed: a local cluster of --workers processes, or --scheduler.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Worker processes of the local cluster (--distributed).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A running dask scheduler (tcp://host:8786) instead of a local cluster; "
+                   "implies --distributed.")
+@click.option("--prefix-depth", type=click.IntRange(1), default=None, metavar="D",
+              help="Where the tree is cut into tasks (--distributed; default 12 steps).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint file of the distributed search: written after every task; an "
+                   "existing one is resumed (--distributed).")
 @click.option("--wrap", "wrap", is_flag=True,
               help="Report, strategy by strategy, whether it is correct across the MMIO "
                    "generation wrap: every strategy (and --strategy, if it is a variant) is "
@@ -194,7 +254,9 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
             random_schedules: int | None, seed: int, scenario_path: Path | None,
             gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None,
             replay: str | None, budget: float, no_reduce: bool, no_symmetry: bool,
-            time_limit: float | None, wrap: bool, as_json: bool, no_trace: bool) -> None:
+            time_limit: float | None, distributed: bool, workers: int, scheduler: str | None,
+            prefix_depth: int | None, checkpoint: Path | None, wrap: bool, as_json: bool,
+            no_trace: bool) -> None:
     """Explore interleavings of vCPU accesses and memslot updates, looking for stale MMIO SPTEs.
 
     N vCPU threads run short access scripts against M KVM_SET_USER_MEMORY_REGION calls from one
@@ -255,7 +317,12 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
                             f"queue {stats.queue:,}",
                        eta="" if left is None else f"ETA {max(left, 0):.0f} s")
 
-        if random_schedules is None:
+        if distributed or scheduler is not None:
+            if random_schedules is not None:
+                raise InputError("--distributed: the random mode is not distributed; drop --random")
+            result = _distributed(config, bound, max_depth, not no_reduce, not no_symmetry,
+                                  workers, scheduler, prefix_depth, checkpoint)
+        elif random_schedules is None:
             result = explore(config, preemptions=bound, max_depth=max_depth,
                              depth_is_bound=depth is not None, reduce=not no_reduce,
                              symmetry=not no_symmetry, time_limit=time_limit,

@@ -1,0 +1,67 @@
+"""Tests of kvmmu.check.distributed: prefix tasks on a real local dask cluster of 2 workers.
+
+One cluster for the module (starting worker processes costs seconds); small configurations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kvmmu.check.distributed import Shards, Task, explore_distributed, load_checkpoint
+from kvmmu.check.explore import explore
+from kvmmu.check.world import CheckConfig
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as c:
+        yield c
+
+
+def test_the_distributed_search_reaches_the_same_states_as_the_local_one(client: Any) -> None:
+    config = CheckConfig("generation", vcpus=2, updates=1, accesses=1)
+    local = explore(config, preemptions=1, keep_states=True)
+    saved: list[str] = []
+    dist = explore_distributed(config, client, preemptions=1, prefix_depth=6,
+                               save=saved.append)
+    assert local.failure is None and dist.failure is None and dist.complete
+    assert dist.states == local.states and len(local.states) > 500
+    assert dist.stats.schedules > 1 and saved
+    # The last checkpoint has nothing left to run and every key; resuming from it is a no-op.
+    pending, shards = load_checkpoint(saved[-1], config)
+    assert pending == [] and shards.all() == local.states
+    again = explore_distributed(config, client, preemptions=1, resume=(pending, shards))
+    assert again.states == local.states
+
+
+def test_a_checkpoint_resumes_the_tasks_left(client: Any) -> None:
+    config = CheckConfig("generation", vcpus=1, updates=2, slot_zap="slot")
+    local = explore(config, preemptions=1, keep_states=True)
+    top = explore(config, preemptions=1, keep_states=True, frontier_depth=8)
+    assert top.states is not None and len(top.frontier) > 2
+    shards = Shards()
+    shards.add(top.states)
+    tasks = [Task(p, n) for p, n in top.frontier]
+    resumed = explore_distributed(config, client, preemptions=1, resume=(tasks, shards))
+    assert resumed.states == local.states
+
+
+@pytest.mark.parametrize(("strategy", "kind"), [
+    ("generation-3.11+tagged-cache", "stale-mmio-spte"),
+    ("generation+cache-without-gen", "stale-mmio-cache"),
+])
+def test_the_distributed_search_finds_the_same_counterexamples(client: Any, strategy: str,
+                                                               kind: str) -> None:
+    config = CheckConfig(strategy, vcpus=1, updates=1)
+    local = explore(config, preemptions=1)
+    dist = explore_distributed(config, client, preemptions=1, prefix_depth=6)
+    assert local.failure is not None and dist.failure is not None
+    assert {f.kind for f in dist.failure.findings} == {f.kind for f in local.failure.findings}
+    assert kind in {f.kind for f in dist.failure.findings}

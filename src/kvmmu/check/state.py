@@ -45,7 +45,7 @@ import hashlib
 import operator
 import pickle
 from collections.abc import Callable, Hashable
-from types import FrameType, GeneratorType
+from types import CodeType, FrameType, FunctionType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
 from kvmmu.hostmem import HostMemory
@@ -181,6 +181,15 @@ def frame_key(frame: FrameType, canon: _Canon | None = None) -> tuple[Any, ...]:
     return (code.co_qualname, frame.f_lasti, tuple(items))
 
 
+#: Types met on protocol frames, sorted once: what a loop iterates with, and what it never is.
+_ITERATOR_SAMPLES: Final[tuple[Any, ...]] = (
+    iter([]), iter(()), iter({}.values()), iter({}), iter({}.items()), iter(range(0)),
+    enumerate(()), iter(set()))
+_ITERATORS: Final = frozenset(type(it) for it in _ITERATOR_SAMPLES)
+_NOT_ITERATORS: Final = frozenset({int, bool, str, bytes, float, tuple, list, dict, set,
+                                   type(None), CodeType, FunctionType, ShadowPage, Memslot})
+
+
 def hidden_iterators(gen: Any) -> tuple[int, ...]:
     """How far each loop the generator's frame is inside has to go: the iterators on its stack.
 
@@ -194,7 +203,8 @@ def hidden_iterators(gen: Any) -> tuple[int, ...]:
     out: list[int] = []
     for r in gc.get_referents(gen):
         kind = type(r)
-        if kind is GeneratorType or not hasattr(kind, "__next__"):
+        if kind in _NOT_ITERATORS or kind is GeneratorType or (
+                kind not in _ITERATORS and not hasattr(kind, "__next__")):
             continue
         if kind is enumerate:
             inner = [x for x in gc.get_referents(r) if hasattr(type(x), "__next__")]

@@ -40,3 +40,28 @@ def test_a_grace_period_waits_for_readers_from_before_it_only() -> None:
     with pytest.raises(StopIteration):
         next(sync)
     assert srcu.grace_periods == 1
+
+
+def test_needbreak_sees_contention_only_when_it_is_tracked_and_the_kernel_preempts() -> None:
+    # v6.8 include/linux/spinlock.h rwlock_needbreak(): "#ifdef CONFIG_PREEMPTION return
+    # rwlock_is_contended(lock); #else return 0;" and kernel/sched/core.c
+    # __cond_resched_rwlock_write(): "if (rwlock_needbreak(lock) || resched)" (v3.10
+    # __cond_resched_lock(): spin_needbreak() under CONFIG_PREEMPT).  No driver tracking who
+    # spins (plain run, explorer): every point where the kernel may break is one.
+    lock = MmuLock()
+    assert lock.needbreak()
+    lock.contention_tracked = True
+    assert not lock.needbreak()  # nobody spins, and no time slice ends (a CPU per thread)
+    lock.spinning = 1
+    assert lock.needbreak()
+    lock.preempt = False  # PREEMPT_NONE / VOLUNTARY: contention never breaks the lock
+    assert not lock.needbreak()
+
+
+def test_a_lock_break_hands_the_lock_over_and_takes_it_again() -> None:
+    lock = MmuLock()
+    holder = object()
+    run_to_completion(lock.acquire(holder))
+    steps = list(lock.lock_break(holder))
+    assert steps == [Step.MMU_UNLOCK, Step.MMU_LOCK]
+    assert lock.holder is holder and lock.breaks == 1 and lock.acquisitions == 2

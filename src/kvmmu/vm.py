@@ -99,7 +99,8 @@ class VM:
                  slot_zap: str | None = None, large_pages: bool = False,
                  start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
                  mmio_caching: bool = True, nr_memslots: int | None = None,
-                 apic_access_page: bool = False, trace: bool | Tracer = False) -> None:
+                 apic_access_page: bool = False, trace: bool | Tracer = False,
+                 preempt: bool = True) -> None:
         _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
                          nr_memslots)
         self.strategy = resolve_strategy(strategy)
@@ -154,7 +155,8 @@ class VM:
                                          start_below_wrap=below),
             srcu=Srcu(),
             mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer,
-                    valid_gen_toggles=self.strategy.valid_gen_toggles),
+                    valid_gen_toggles=self.strategy.valid_gen_toggles,
+                    zap_break_batch=self.strategy.zap_break_batch),
             host_memory=self.host_memory,
             gen_mask=gen_mask,
             phys_bits=phys_bits,
@@ -162,6 +164,10 @@ class VM:
             mmio_dispatch=self.bus.dispatch,
             trace=tracer,
         )
+        if not isinstance(preempt, bool):
+            raise TypeError(f"preempt must be a bool, not {preempt!r}")
+        # CONFIG_PREEMPTION: whether a zap's cond_resched_lock() sees a spinning waiter.
+        self.kvm.mmu.lock.preempt = preempt
         self.vmm = VMM()
         self.arch = X86Arch(self.kvm, slot_zap, self.vmm)
         self.oracle: Oracle | None = Oracle(self.kvm, strict) if oracle else None
@@ -256,6 +262,7 @@ class VM:
         lock = self.kvm.mmu.lock
         out["mmu_lock_acquisitions"] = lock.acquisitions
         out["mmu_lock_contended"] = lock.contended
+        out["mmu_lock_breaks"] = lock.breaks
         out["shadow_pages"] = len(self.kvm.mmu.active)
         out["srcu_grace_periods"] = self.kvm.srcu.grace_periods
         out["oracle_checked"] = self.oracle.checked if self.oracle else 0

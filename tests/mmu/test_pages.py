@@ -102,3 +102,32 @@ def test_freeing_pages_counts_the_live_entries_they_held() -> None:
     run_to_completion(mmu.zap_all_fast(object()))
     # Leaves: 2 + 1 RAM entries; level 2: 2 links; levels 3 and 4: 1 link each.
     assert mmu.stats.sptes_dropped == 3 + 2 + 1 + 1
+
+
+def _zap_all_fast_breaks(tables: int, *, tracked: bool, spinning: int, batch: int = BATCH_ZAP_PAGES
+                         ) -> int:
+    mmu = new_mmu()
+    mmu.zap_break_batch = batch
+    build_tree(mmu, tables)
+    mmu.lock.contention_tracked = tracked
+    mmu.lock.spinning = spinning
+    run_to_completion(mmu.zap_all_fast("vmm"))
+    assert not mmu.active
+    return mmu.lock.breaks
+
+
+def test_zap_all_fast_breaks_the_lock_only_for_a_spinning_waiter() -> None:
+    # v3.11 / v6.8 arch/x86/kvm/mmu(/mmu).c kvm_zap_obsolete_pages(): "if (batch >=
+    # BATCH_ZAP_PAGES && cond_resched_rwlock_write(&kvm->mmu_lock)) { batch = 0; goto
+    # restart; }": no waiter, no break, however many pages (here 3 upper + 45 leaf tables).
+    assert _zap_all_fast_breaks(45, tracked=True, spinning=0) == 0
+    # A waiter spinning throughout: a break each time a batch of 10 pages is complete.
+    assert _zap_all_fast_breaks(45, tracked=True, spinning=1) == 48 // BATCH_ZAP_PAGES
+    # Untracked (plain run, explorer): the same break points, taken whatever happens.
+    assert _zap_all_fast_breaks(45, tracked=False, spinning=0) == 48 // BATCH_ZAP_PAGES
+
+
+def test_the_5_3_zap_tested_for_a_break_at_every_page() -> None:
+    # 002c5f73c508 (5.3) kvm_zap_obsolete_pages(): "if (need_resched() ||
+    # spin_needbreak(&kvm->mmu_lock))" before each page; 5.4 restored the batch.
+    assert _zap_all_fast_breaks(7, tracked=True, spinning=1, batch=0) == 10

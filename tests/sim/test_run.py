@@ -154,3 +154,21 @@ def test_before_5_17_each_update_pays_a_copy_of_the_slot_array(costs: CostModel)
     for t, a in ok:
         assert a.latency_ns - t.latency_ns >= copy  # at least the RAM slot is copied
         assert (a.latency_ns - t.latency_ns) % copy == 0
+
+
+def test_the_obsolete_page_zap_breaks_the_lock_only_when_vcpus_spin_on_it(
+        costs: CostModel) -> None:
+    # v6.8 kvm_zap_obsolete_pages(): cond_resched_rwlock_write() after BATCH_ZAP_PAGES pages,
+    # which drops the lock only if rwlock_needbreak() (a waiter) or a resched is due (never here:
+    # a host CPU per thread).  With every vCPU idle no one spins and the zap never breaks.
+    opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "all"})
+    idle = simulate(small(active=0), "generation", costs, opts)
+    busy = simulate(small(), "generation", costs, opts)
+    assert idle.stats["zap_all_fast"] > 0 and idle.stats["mmu_lock_breaks"] == 0
+    # With three vCPUs faulting, some spin during each zap and the zap lets them in.
+    assert busy.stats["zap_all_fast"] > 0 and busy.stats["mmu_lock_breaks"] > 0
+    assert sum(t.lock_wait_ns for t in busy.threads if t.kind == "vcpu") > 0
+    # A kernel built without CONFIG_PREEMPTION never breaks for a waiter.
+    opts.vm_options["preempt"] = False
+    nopreempt = simulate(small(), "generation", costs, opts)
+    assert nopreempt.stats["mmu_lock_breaks"] == 0

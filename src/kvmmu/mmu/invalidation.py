@@ -102,6 +102,11 @@ class Strategy:
     #: 5.17 (a54d806688fe and its series, Maciej S. Szmigiero) two sets of interval tree, rbtree
     #: and hash are swapped: O(log n).  The timed model charges ``memslot_copy_per_slot_ns``.
     memslot_array: bool = True
+    #: Obsolete pages ``kvm_zap_obsolete_pages()`` zaps before it tests for a lock break:
+    #: ``BATCH_ZAP_PAGES`` (10) in 3.11 - 5.0 (5304b8d37c2a) and again from 5.4 (the 5.3 revival,
+    #: 002c5f73c508, tested ``need_resched() || spin_needbreak()`` at every page, i.e. 0).  The
+    #: break itself happens only on contention (``MmuLock.needbreak``).
+    zap_break_batch: int = BATCH_ZAP_PAGES
     commits: tuple[str, ...] = ()  # the commits that define this behaviour
     sources: tuple[str, ...] = ()  # version, file, function: where each field was read
     #: Bugs the modelled kernel really had (one line each, with the fixing commit); non-empty marks
@@ -507,12 +512,14 @@ class X86Arch:
                     continue
                 yield Step.VISIT_SHADOW_PAGE
                 stats.invalidation_pages_walked += 1
-                if lock_break and stats.invalidation_pages_walked % BATCH_ZAP_PAGES == 0:
-                    # cond_resched_lock(): the model yields every BATCH_ZAP_PAGES visits and
-                    # goes on from here; the kernel yields on contention and restarts from the
+                if lock_break and (mmu.lock.needbreak() if mmu.lock.contention_tracked
+                                   else stats.invalidation_pages_walked % BATCH_ZAP_PAGES == 0):
+                    # v5.1 __kvm_mmu_zap_all(): "if (cond_resched_lock(&kvm->mmu_lock)) goto
+                    # restart;" at every page, i.e. on contention.  Untracked (a plain run, the
+                    # explorer) the model keeps a fixed subset of those points, every
+                    # BATCH_ZAP_PAGES visits.  It goes on from here; the kernel restarts from the
                     # head, re-visiting pages it already found clean.
-                    yield from mmu.lock.release(self.who)
-                    yield from mmu.lock.acquire(self.who)
+                    yield from mmu.lock.lock_break(self.who)
                 if not sp.mmio_cached:
                     continue
                 for _page, live in mmu.unlink(sp):

@@ -119,6 +119,9 @@ class Mmu:
     ram_spte_bits: int = 0
     #: ``mmu_valid_gen`` toggles between 0 and 1 (5.4+, ca333add6933) instead of counting.
     valid_gen_toggles: bool = False
+    #: Pages zapped before ``kvm_zap_obsolete_pages()`` considers a lock break (the strategy's
+    #: ``Strategy.zap_break_batch``).
+    zap_break_batch: int = BATCH_ZAP_PAGES
 
     def __post_init__(self) -> None:
         self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
@@ -205,8 +208,12 @@ class Mmu:
         """``kvm_mmu_zap_all_fast()``: obsolete every page with one increment, free them lazily.
 
         Returns the number of pages freed.  vCPUs reload their roots before their next guest
-        entry (``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``); the walk from the oldest page drops the lock
-        every ``BATCH_ZAP_PAGES`` pages (``cond_resched_rwlock_write``).  The tracepoint fires
+        entry (``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``); the walk from the oldest page may drop the
+        lock once ``zap_break_batch`` pages were zapped since the last break, and does so only if
+        ``cond_resched_rwlock_write()`` says so (:meth:`MmuLock.needbreak`: a waiter spins);
+        until a break the batch is not reset, so every later page tests again (v3.11 and v6.8
+        ``kvm_zap_obsolete_pages()``: ``if (batch >= BATCH_ZAP_PAGES &&
+        cond_resched_rwlock_write(&kvm->mmu_lock)) { batch = 0; goto restart; }``).  The tracepoint fires
         before the toggle, so it prints the generation being retired (``trace_kvm_mmu_zap_all_fast
         (kvm)`` then ``kvm->arch.mmu_valid_gen = kvm->arch.mmu_valid_gen ? 0 : 1``, current
         ``arch/x86/kvm/mmu/mmu.c``); before 5.4 the generation was a counter (``++``).
@@ -231,10 +238,9 @@ class Mmu:
                 self.drop_entries(live)
                 freed_total += 1
                 batch += 1
-                if batch >= BATCH_ZAP_PAGES:
+                if batch >= self.zap_break_batch and self.lock.needbreak():
                     batch = 0
-                    yield from self.lock.release(who)
-                    yield from self.lock.acquire(who)
+                    yield from self.lock.lock_break(who)
         yield from self.lock.release(who)
         return freed_total
 

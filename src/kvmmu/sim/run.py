@@ -137,6 +137,9 @@ class _Sim:
         }
         vm_kwargs.update(opts.vm_options)
         self.vm = VM(strategy=strategy, **vm_kwargs)
+        # This driver knows who spins on mmu_lock: lock breaks happen only on contention.
+        self.lock = self.vm.kvm.mmu.lock
+        self.lock.contention_tracked = True
         self.engine = Engine(opts.rule)
         self.duration = scenario.duration
         self.by_step = costs.by_step
@@ -236,6 +239,8 @@ class _Sim:
                 queue = self.waiters[step]
                 queue.append(th)
                 self.n_waiting += 1
+                if step is _MMU_LOCK:
+                    self.lock.spinning += 1
                 while True:
                     th.wake = engine.event()
                     yield th.wake
@@ -245,6 +250,8 @@ class _Sim:
                     # Lost the race to a thread that ran first at this instant: stay at the head.
                 queue.remove(th)
                 self.n_waiting -= 1
+                if step is _MMU_LOCK:
+                    self.lock.spinning -= 1
                 waited = engine.now - t0
                 if step is _MMU_LOCK:
                     th.lock_wait_ns += waited

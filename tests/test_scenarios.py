@@ -177,12 +177,14 @@ def test_help_explains_the_scenario_kinds(command: str) -> None:
     assert "steps" in text
 
 
+@pytest.mark.explorer
 def test_check_explores_a_converted_workload() -> None:
     result = CliRunner().invoke(cli, ["check", "--scenario", "boot", "--random", "5", "--json"])
     assert result.exit_code == 0, result.output
     assert '"boot-interleaving"' in result.output
 
 
+@pytest.mark.explorer
 def test_the_examples_run_under_their_native_commands(tmp_path: Path) -> None:
     workload = str(EXAMPLES / "workload.toml")
     run = CliRunner().invoke(

@@ -10,6 +10,15 @@ The public face (re-exports only)::
     vcpu.access(0xFEE00000)        # MMIO: exits to userspace
 """
 
+import os as _os
+import sys as _sys
+
+from kvmmu import compiled as _compiled
+
+# Before any other submodule: the explorer needs the interpreted modules (see kvmmu.compiled).
+if _compiled.wants_interpreted(_os.environ, _sys.argv):
+    _compiled.install()
+
 from kvmmu.devices import MmioBus, MmioDevice, RegisterBank
 from kvmmu.errors import KvmError, OracleViolation
 from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, Change

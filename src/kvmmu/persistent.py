@@ -131,18 +131,15 @@ class SortedMap(Mapping[int, V], Generic[V]):
 
     __slots__ = ("_len", "_root")
 
-    def __init__(self, items: Iterable[tuple[int, V]] = ()) -> None:
-        self._root: _Node = _EMPTY
-        self._len = 0
+    def __init__(self, items: Iterable[tuple[int, V]] = (), _root: _Node = _EMPTY,
+                 _length: int = 0) -> None:
+        self._root: _Node = _root
+        self._len = _length
         for k, v in items:
             self._root, self._len = self._with(k, v)
 
-    @classmethod
-    def _make(cls, root: _Node, length: int) -> SortedMap[V]:
-        m: SortedMap[V] = cls.__new__(cls)
-        m._root = root
-        m._len = length
-        return m
+    def _make(self, root: _Node, length: int) -> SortedMap[V]:
+        return SortedMap((), root, length)
 
     def _with(self, key: int, value: V) -> tuple[_Node, int]:
         root, split, added = _set(self._root, key, value)

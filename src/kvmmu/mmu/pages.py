@@ -38,8 +38,9 @@ from kvmmu.sync import MmuLock
 from kvmmu.trace import Tracer
 
 ROOT_LEVEL: Final = 4
-_EMPTY_TABLE: Final = (0,) * SPTES_PER_PAGE
-_NO_CHILDREN: Final = (None,) * SPTES_PER_PAGE
+# Built at import from lists: mypyc would fold a literal product into 512-entry C tuples.
+_EMPTY_TABLE: Final = tuple([0] * SPTES_PER_PAGE)
+_NO_CHILDREN: Final = tuple([None] * SPTES_PER_PAGE)
 #: ``BATCH_ZAP_PAGES``: obsolete pages freed between two breaks of ``mmu_lock``.
 BATCH_ZAP_PAGES: Final = 10
 

@@ -37,12 +37,20 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # installed without mypy: only mypyc reads the decorator
+
+    def mypyc_attr(*_args: Any, **_kwargs: Any) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
 
 #: A process: yields an ``int`` delay (ns) or an :class:`Event`; returns its result.
 ProcessGenerator = Generator[Any, Any, Any]
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of a builtin exception natively
 class SimulationError(RuntimeError):
     """A process misused the engine (yielded something it cannot wait for, negative delay...)."""
 
@@ -52,7 +60,6 @@ class SimulationError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-@runtime_checkable
 class OrderingRule(Protocol):
     """Decides the order of events due at the same instant, by a key given when they are scheduled.
 
@@ -72,7 +79,6 @@ class Pending:
     label: str
 
 
-@runtime_checkable
 class ChoosingRule(Protocol):
     """Chooses, each time several entries are due at the same instant, which runs first.
 
@@ -238,11 +244,12 @@ class Engine:
         # A constant tie-break (FIFO, or a choosing rule that orders at pop time) is not called.
         self._tiebreak: Callable[[int], int] | None
         self._choose: ChoosingRule | None
-        if isinstance(self.rule, Fifo) or not isinstance(self.rule, OrderingRule):
-            self._tiebreak = None
-        else:
-            self._tiebreak = self.rule.tiebreak
-        self._choose = self.rule if isinstance(self.rule, ChoosingRule) else None
+        # The rules are told apart by their methods, not by isinstance on the Protocols: mypyc
+        # compiles no runtime_checkable Protocol.
+        tiebreak = getattr(self.rule, "tiebreak", None)
+        self._tiebreak = None if isinstance(self.rule, Fifo) or not callable(tiebreak) else tiebreak
+        self._choose = cast(ChoosingRule, self.rule) if callable(
+            getattr(self.rule, "choose", None)) else None
         #: FIFO: the calendar (distinct times in a heap, each time's entries in order).
         self._fifo = self._tiebreak is None and self._choose is None
         self._times: list[int] = []

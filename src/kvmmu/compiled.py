@@ -34,10 +34,11 @@ ENV: Final = "KVMMU_INTERPRETED"
 
 #: The modules ``make compiled`` builds: the protocol and the data structures it runs on, the
 #: event engine.  Not the explorer, the CLI, the reports or the KVM bindings (ctypes): they are not
-#: hot, and several use dynamic features mypyc does not compile.  Not ``kvmmu.vm`` either: it is
-#: the public boundary, whose own argument checks must speak before mypyc's ("int object
-#: expected"), and it compares ``start_near_wrap is True``, which a compiled ``bool | int``
-#: parameter (a tagged int) never is.
+#: hot, and several use dynamic features mypyc does not compile.  Not ``kvmmu.vm`` nor
+#: ``kvmmu.mmu.invalidation`` either: they are public boundaries (``VM(...)``,
+#: ``resolve_strategy``) whose own argument checks must speak before mypyc's ("int object
+#: expected"), and ``vm`` compares ``start_near_wrap is True``, which a compiled ``bool | int``
+#: parameter (a tagged int) never is; neither runs per access.
 COMPILED: Final = (
     "kvmmu.hostmem",
     "kvmmu.persistent",
@@ -51,7 +52,6 @@ COMPILED: Final = (
     "kvmmu.mmu.context",
     "kvmmu.mmu.pages",
     "kvmmu.mmu.faults",
-    "kvmmu.mmu.invalidation",
     "kvmmu.vcpu",
     "kvmmu.sim.engine",
 )

@@ -38,7 +38,9 @@ ENV: Final = "KVMMU_INTERPRETED"
 #: ``kvmmu.mmu.invalidation`` either: they are public boundaries (``VM(...)``,
 #: ``resolve_strategy``) whose own argument checks must speak before mypyc's ("int object
 #: expected"), and ``vm`` compares ``start_near_wrap is True``, which a compiled ``bool | int``
-#: parameter (a tagged int) never is; neither runs per access.
+#: parameter (a tagged int) never is; neither runs per access.  ``kvmmu.mmu.context`` neither:
+#: its dataclass names ``Strategy`` only for the type checker, which a compiled dataclass would
+#: look up at import.
 COMPILED: Final = (
     "kvmmu.hostmem",
     "kvmmu.persistent",
@@ -49,7 +51,6 @@ COMPILED: Final = (
     "kvmmu.trace",
     "kvmmu.oracle",
     "kvmmu.mmu.steps",
-    "kvmmu.mmu.context",
     "kvmmu.mmu.pages",
     "kvmmu.mmu.faults",
     "kvmmu.vcpu",

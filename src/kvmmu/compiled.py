@@ -34,13 +34,13 @@ ENV: Final = "KVMMU_INTERPRETED"
 
 #: The modules ``make compiled`` builds: the protocol and the data structures it runs on, the
 #: event engine.  Not the explorer, the CLI, the reports or the KVM bindings (ctypes): they are not
-#: hot, and several use dynamic features mypyc does not compile.  Not ``kvmmu.vm`` nor
-#: ``kvmmu.mmu.invalidation`` either: they are public boundaries (``VM(...)``,
-#: ``resolve_strategy``) whose own argument checks must speak before mypyc's ("int object
-#: expected"), and ``vm`` compares ``start_near_wrap is True``, which a compiled ``bool | int``
-#: parameter (a tagged int) never is; neither runs per access.  ``kvmmu.mmu.context`` neither:
-#: its dataclass names ``Strategy`` only for the type checker, which a compiled dataclass would
-#: look up at import.
+#: hot, and several use dynamic features mypyc does not compile.  Not ``kvmmu.vm``, ``kvmmu.vcpu``
+#: nor ``kvmmu.mmu.invalidation`` either: they are public boundaries (``VM(...)``,
+#: ``vcpu.access``, ``resolve_strategy``) whose own argument checks must speak before mypyc's
+#: ("int object expected"), and ``vm`` compares ``start_near_wrap is True``, which a compiled
+#: ``bool | int`` parameter (a tagged int) never is; their per-access work is a call into
+#: ``mmu.faults``.  Nor ``kvmmu.mmu.context``: its dataclass names ``Strategy`` for the type
+#: checker only, which a compiled dataclass would look up at import.
 COMPILED: Final = (
     "kvmmu.hostmem",
     "kvmmu.persistent",
@@ -53,7 +53,6 @@ COMPILED: Final = (
     "kvmmu.mmu.steps",
     "kvmmu.mmu.pages",
     "kvmmu.mmu.faults",
-    "kvmmu.vcpu",
     "kvmmu.sim.engine",
 )
 

@@ -25,8 +25,13 @@ def client() -> Iterator[Any]:
         yield c
 
 
-def test_the_distributed_search_reaches_the_same_states_as_the_local_one(client: Any) -> None:
-    config = CheckConfig("generation", vcpus=2, updates=1, accesses=1)
+@pytest.mark.parametrize("config", [
+    CheckConfig("generation", vcpus=2, updates=1, accesses=1),
+    # DELETE zaps all: the configuration that showed a retry count kept in the emulator's frame
+    CheckConfig("generation", vcpus=1, updates=2),
+], ids=["2x1x1", "1x2x2-zap-all"])
+def test_the_distributed_search_reaches_the_same_states_as_the_local_one(
+        client: Any, config: CheckConfig) -> None:
     local = explore(config, preemptions=1, keep_states=True)
     saved: list[str] = []
     dist = explore_distributed(config, client, preemptions=1, prefix_depth=6,

@@ -16,10 +16,13 @@ carries (VM, ``struct kvm``, vCPU, MMU, codec, locks, statistics, tracer) are dr
 are the same objects in every schedule and their contents are shared state already keyed.  An
 unknown type is an error, not silently dropped: a new local in the core must be looked at.
 
-Two abstractions, argued.  First, ``access()``'s ``traps`` counts the traps taken by the current access and
-only feeds ``Outcome.traps`` and the ``traps == 0`` test (was the answer a hardware hit), neither
-of which the oracle judges; it is keyed as ``min(traps, 1)``.  Without this a vCPU that retries
-while an update is in flight would reach a new state per retry and the search would only stop at
+Two abstractions, argued.  First, ``access()``'s ``traps`` counts the traps taken by the
+current access and only feeds ``Outcome.traps`` and the ``traps == 0`` test (was the answer a
+hardware hit), neither of which the oracle judges; it is keyed as ``min(traps, 1)``, in
+``access()`` and in ``_emulate()``, which receives it to build the outcome (found by comparing the
+distributed search's states with the local one's: the count made successors of equal states
+differ).  Without this a vCPU that retries while an update is in flight would reach a new state
+per retry and the search would only stop at
 the depth cap; with it the retry loop closes on a visited state.  Second, the vCPU's
 paging-structure cache (``vcpu.psc_page``, a hint that never changes an answer, and not part of
 ``state_key``) is copied into the locals ``psc`` and ``shifts`` of the walk in progress; they are
@@ -89,6 +92,7 @@ _DROP: Final = object()
 #: Per-(function, local) abstractions; each must be argued in the module docstring.
 ABSTRACTIONS: Final[dict[tuple[str, str], Callable[[Any], Hashable]]] = {
     ("access", "traps"): lambda v: min(v, 1),
+    ("_emulate", "traps"): lambda v: min(v, 1),  # the same count, handed to the emulator
     ("access", "psc"): lambda v: 0,
     ("access", "shifts"): lambda v: 0,
     ("_page_fault", "psc"): lambda v: 0,
@@ -186,21 +190,36 @@ _ITERATOR_SAMPLES: Final[tuple[Any, ...]] = (
     iter([]), iter(()), iter({}.values()), iter({}), iter({}.items()), iter(range(0)),
     enumerate(()), iter(set()))
 _ITERATORS: Final = frozenset(type(it) for it in _ITERATOR_SAMPLES)
+_SEQUENCE_ITERATORS: Final[frozenset[type]] = frozenset({type(iter([])), type(iter(()))})
 _NOT_ITERATORS: Final = frozenset({int, bool, str, bytes, float, tuple, list, dict, set,
                                    type(None), CodeType, FunctionType, ShadowPage, Memslot})
 
 
-def hidden_iterators(gen: Any) -> tuple[int, ...]:
-    """How far each loop the generator's frame is inside has to go: the iterators on its stack.
+def _item(value: Any) -> Any:
+    """A loop item as the key sees it: pages by name, tuples element-wise, numbers as they are."""
+    kind = type(value)
+    if kind is int or kind is bool:
+        return value
+    if kind is ShadowPage:
+        return (value.as_id, value.level, value.gfn, value.mmu_valid_gen, value.invalid)
+    if kind is tuple:
+        return tuple(_item(v) for v in value)
+    return -1  # anything else: its position in the sequence is what is kept
+
+
+def hidden_iterators(gen: Any) -> tuple[Any, ...]:
+    """What each loop the generator's frame is inside has still to go through.
 
     A ``for`` loop's iterator lives on the frame's value stack, not in a local; the garbage
     collector's traversal of a generator visits that stack (CPython 3.11 ``gen_traverse`` ->
-    ``_PyFrame_Traverse``), so ``gc.get_referents`` finds it, and its length hint says how many
-    items are left (an ``enumerate`` by its underlying iterator's).  The zap loops iterate lists
-    built before they yield: without this, two VMMs with equal keys could have different numbers
-    of pages still to free, and the state cache would cut one of them.
+    ``_PyFrame_Traverse``), so ``gc.get_referents`` finds it, its length hint says how many items
+    are left (an ``enumerate`` by its underlying iterator's) and, for a list or tuple, the
+    sequence it walks says which.  The zap loops iterate lists built before they yield (the
+    active list in creation order, which ``state_key`` does not keep, or the pages one unlink
+    freed): without this, two VMMs with equal keys could have different pages still to free, in
+    another order, and the state cache would cut one of them.
     """
-    out: list[int] = []
+    out: list[Any] = []
     for r in gc.get_referents(gen):
         kind = type(r)
         if kind in _NOT_ITERATORS or kind is GeneratorType or (
@@ -209,8 +228,14 @@ def hidden_iterators(gen: Any) -> tuple[int, ...]:
         if kind is enumerate:
             inner = [x for x in gc.get_referents(r) if hasattr(type(x), "__next__")]
             out.append(operator.length_hint(inner[0], -1) if inner else -1)
-        else:
-            out.append(operator.length_hint(r, -1))
+            continue
+        left = operator.length_hint(r, -1)
+        if kind in _SEQUENCE_ITERATORS and left > 0:
+            seq = gc.get_referents(r)
+            if len(seq) == 1 and type(seq[0]) in (list, tuple):
+                out.append(tuple(_item(v) for v in seq[0][len(seq[0]) - left:]))
+                continue
+        out.append(left)
     return tuple(out)
 
 

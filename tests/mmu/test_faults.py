@@ -314,3 +314,63 @@ def test_x86_vms_have_two_address_spaces_from_4_2_on() -> None:
     assert VM("generation", address_spaces=1).kvm.memslots.nr_as == 1
     with pytest.raises(ValueError, match=r"address_spaces must be 1\.\.1 for generation-3\.11"):
         VM("generation-3.11", address_spaces=2)
+
+
+def test_a_write_to_a_write_protected_spte_is_fixed_by_fast_page_fault_without_mmu_lock(
+        vm: VM) -> None:
+    # v3.10 arch/x86/kvm/mmu.c fast_page_fault() (c7ba5b48cc8d, 3.6): under dirty logging the
+    # read fault maps read-only; the write that follows is fixed with a cmpxchg on the SPTE,
+    # without mmu_lock, and logged (fast_pf_fix_direct_spte() -> mark_page_dirty_in_slot()).
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x5000)  # slow path: maps read-only
+    taken = vcpu.stats.pf_taken
+    lock = vm.kvm.mmu.lock
+    acquisitions = lock.acquisitions
+    steps = list(vcpu.access_steps(0x5000, write=True, size=1, value=7))
+    assert Step.MMU_LOCK not in steps
+    assert Step.WRITE_SPTE in steps and Step.READ_SPTE_LOCKLESS in steps
+    out = vcpu.arch.last_outcome
+    assert out is not None and out.path is Path.FAST and out.traps == 1
+    assert vcpu.stats.pf_fast == 1 and vcpu.stats.pf_taken == taken
+    assert lock.acquisitions == acquisitions
+    assert vm.get_dirty_log(0)[0] == 1 << 5  # logged
+    assert vcpu.access(0x5000, size=1).value == 7
+    # GET_DIRTY_LOG write-protected it again: the next write is fast again and logged again.
+    vcpu.access(0x5000, write=True, size=1, value=8)
+    assert vcpu.stats.pf_fast == 2 and vm.get_dirty_log(0)[0] == 1 << 5
+
+
+def test_a_fast_fix_whose_spte_changed_under_it_falls_back_to_the_slow_path(vm: VM) -> None:
+    # The cmpxchg fails if the SPTE changed after the lockless read (here: zapped), and the
+    # fault goes on to the slow path under mmu_lock.
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x5000)
+    taken = vcpu.stats.pf_taken
+    gen = vcpu.access_steps(0x5000, write=True, size=1, value=7)
+    seen = []
+    for step in gen:
+        seen.append(step)
+        if step is Step.WRITE_SPTE and Step.MMU_LOCK not in seen:
+            mmu = vm.kvm.mmu
+            for _ in mmu.zap_gfn_range(vm.vmm, 5, 6, 0):
+                pass
+    assert Step.MMU_LOCK in seen
+    assert vcpu.stats.pf_fast == 0 and vcpu.stats.pf_taken == taken + 1
+    assert vcpu.access(0x5000, size=1).value == 7
+    assert vm.get_dirty_log(0)[0] == 1 << 5
+
+
+def test_a_write_protected_huge_leaf_is_not_fast_fixed() -> None:
+    # fast_page_fault() fixes 4 KiB leaves; a 2 MiB leaf under dirty logging is split by the
+    # slow path (page_fault_can_be_fast(): only direct 4 KiB write-protect faults qualify).
+    vm = VM("generation", large_pages=True, strict=True)
+    vm.set_user_memory_region(0, 0, 0, 0x400000, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x201000)
+    vm.set_user_memory_region(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 0x400000, HVA)
+    taken = vcpu.stats.pf_taken
+    out = vcpu.access(0x201000, write=True, value=1)
+    assert out.path is Path.SLOW and vcpu.stats.pf_taken == taken + 1
+    assert vcpu.stats.pf_fast == 0

@@ -143,6 +143,7 @@ class VcpuStats:
     pf_fixed: int = 0
     pf_emulate: int = 0
     pf_spurious: int = 0  # RET_PF_SPURIOUS: the fault found the SPTE it would write already there
+    pf_fast: int = 0  # fixed by fast_page_fault(), without mmu_lock (kvm_vcpu_stat.pf_fast)
     pf_retry: int = 0  # RET_PF_RETRY (model counter; KVM has none): the guest re-executes
     pf_mmio_spte_created: int = 0
     pf_mmio_bug: int = 0  # RET_MMIO_PF_BUG -> KVM_EXIT_UNKNOWN (kernels with mmio_pf_bug)
@@ -223,6 +224,7 @@ _INVALID: Final = 3
 _EMULATE_CACHED: Final = 4  # EMULATE, answered by the per-vCPU cache
 _PF_BUG: Final = 5  # RET_MMIO_PF_BUG
 _SPURIOUS: Final = 6  # RET_PF_SPURIOUS: re-enter, nothing written
+_WRITE_PROTECTED: Final = 7  # the hardware walk's trap: a write to a read-only 4 KiB leaf
 
 
 def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: int,
@@ -267,7 +269,8 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                     break
                 if not shift or spte & SPTE_LARGE:
                     if write and not spte & SPTE_WRITABLE:
-                        fault = _FIXED  # write to a read-only SPTE: the slow path
+                        # A write to a read-only SPTE: fast_page_fault() first for a 4 KiB leaf.
+                        fault = _WRITE_PROTECTED if not shift else _FIXED
                         break
                     # A hit: the access goes to host memory at the SPTE's frame.
                     hva = (spte & PFN_MASK) + (gpa & ((1 << (shift + PAGE_SHIFT)) - 1))
@@ -312,8 +315,13 @@ def access(kvm: Kvm, vcpu: VcpuArch, gpa: int, write: bool, size: int, value: in
                         kvm.on_access(vcpu, out, start_epoch)
                     return out
             else:
-                path = SLOW
-                r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
+                r = _INVALID
+                if fault == _WRITE_PROTECTED:
+                    path = FAST
+                    r = yield from _fast_page_fault(kvm, vcpu, gfn)
+                if r == _INVALID:
+                    path = SLOW
+                    r = yield from _page_fault(kvm, vcpu, gpa, gfn, write)
             if r == _EMULATE:
                 break  # emulate with SRCU still held
             kvm.srcu.read_unlock(vcpu)
@@ -388,6 +396,53 @@ def _handle_mmio_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
     cache_mmio_info(kvm, vcpu, gfn, access_bits, gen_before)
     stats.mmio_fast_path += 1
     return _EMULATE
+
+
+def _fast_page_fault(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> Steps[int]:
+    """``fast_page_fault()`` (3.6+, c7ba5b48cc8d): a write fault on a 4 KiB SPTE that dirty
+    logging made read-only is fixed without ``mmu_lock``.  FIXED, SPURIOUS or INVALID (go slow).
+
+    Under SRCU only: the slot is looked up, the leaf read by a lockless walk
+    (``walk_shadow_page_lockless_begin()``), and if the slot is writable the SPTE is made writable
+    with ``cmpxchg64(sptep, old, old | PT_WRITABLE_MASK)`` -- one step, which fails if anything
+    changed the SPTE since the read (a zap, another fix) -- then the page is logged
+    (``fast_pf_fix_direct_spte()`` -> ``mark_page_dirty_in_slot()``).  A leaf already writable was
+    fixed by another vCPU (``RET_PF_SPURIOUS``).  v3.10 arch/x86/kvm/mmu.c ``fast_page_fault()``
+    and ``page_fault_can_be_fast()``; v6.8 arch/x86/kvm/mmu/mmu.c ``fast_page_fault()``
+    (``is_access_allowed()``, ``spte_can_locklessly_be_made_writable()`` / ``is_mmu_writable_spte()``).
+    """
+    yield READ_MEMSLOTS
+    slot = kvm.memslots.active[vcpu.as_id].lookup(gfn)
+    if slot is None or slot.invalid or slot.readonly or slot.dirty_bitmap is None:
+        return _INVALID  # not write-protected for dirty logging: only the slow path knows
+    yield READ_SPTE_LOCKLESS
+    leaf = _leaf_table(kvm, vcpu, gfn)
+    if leaf is None:
+        return _INVALID
+    idx = gfn & 511
+    old = leaf.spt[idx]
+    if not old & SPTE_PRESENT or kvm.mmu.codec.is_mmio(old):
+        return _INVALID
+    if old & SPTE_WRITABLE:
+        vcpu.stats.pf_spurious += 1
+        return _SPURIOUS
+    yield WRITE_SPTE  # the cmpxchg
+    if leaf.spt[idx] != old:
+        return _INVALID
+    leaf.spt[idx] = old | SPTE_WRITABLE
+    slot.mark_dirty(gfn)
+    vcpu.stats.pf_fast += 1
+    return _FIXED
+
+
+def _leaf_table(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> ShadowPage | None:
+    """The level-1 table a lockless walk from the vCPU's root reaches for ``gfn``, if any."""
+    sp = vcpu.root
+    for shift in _LEVEL_SHIFTS[:-1]:
+        if sp is None:
+            return None
+        sp = sp.children[(gfn >> shift) & 511]
+    return sp
 
 
 def _leaf_spte(kvm: Kvm, vcpu: VcpuArch, gfn: int) -> int:

@@ -2,8 +2,8 @@
 
 The explorer reads the protocol generators' frames, which compiled generators do not have, so it
 runs interpreted (``kvmmu.compiled``): tests under ``tests/check`` and tests marked ``explorer``
-are left out of a ``--compiled`` session; ``make test-compiled`` runs them in a second session
-with ``KVMMU_INTERPRETED=1``.
+are left out of a ``--compiled`` session (``make test`` runs them; ``KVMMU_INTERPRETED=1 pytest
+-m explorer`` runs them over a compiled build).
 """
 
 from __future__ import annotations

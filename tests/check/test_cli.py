@@ -153,3 +153,27 @@ def test_the_reductions_can_be_turned_off(capsys: pytest.CaptureFixture[str]) ->
     assert reduced["states"] < plain["states"]  # vCPU0 and vCPU2 run the same script
     assert reduced["sleep_pruned"] > 0 and plain["sleep_pruned"] == 0
     assert reduced["schedules"] < plain["schedules"]
+
+
+def test_the_distributed_search_runs_on_a_local_cluster_and_checkpoints(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    ckpt = tmp_path / "search.json"
+    args = ("--strategy", "generation", "--vcpus", "1", "--updates", "1", "--bound", "1",
+            "--distributed", "--workers", "2", "--prefix-depth", "6", "--checkpoint", str(ckpt))
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["mode"] == "distributed" and doc["result"] == "ok" and doc["complete"]
+    saved = json.loads(ckpt.read_text())
+    assert saved["pending"] == [] and sum(map(len, saved["shards"])) == doc["stats"]["states"]
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ckpt = tmp_path / "search.json"
+    ckpt.write_text('{"version": 1, "config": "something else", "pending": [], "shards": []}')
+    code, _, err = run(capsys, "--vcpus", "1", "--distributed", "--checkpoint", str(ckpt))
+    assert code == 2
+    assert "--checkpoint" in err and "another configuration" in err
+    assert len(err.strip().splitlines()) == 1

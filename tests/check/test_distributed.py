@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from kvmmu.check.distributed import Shards, Task, explore_distributed, load_checkpoint
+from kvmmu.check.distributed import (
+    WORKER_ENV,
+    Shards,
+    Task,
+    explore_distributed,
+    load_checkpoint,
+)
 from kvmmu.check.explore import explore
 from kvmmu.check.world import CheckConfig
 
@@ -20,7 +26,7 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=None, env=dict(WORKER_ENV)) as cluster, \
             distributed.Client(cluster) as c:
         yield c
 

@@ -33,6 +33,9 @@ from kvmmu.check.world import CheckConfig, Finding
 #: Runs stop at this depth in the local part; the default scenario's runs are 30 to 90 steps.
 DEFAULT_PREFIX_DEPTH: Final = 12
 SHARDS: Final = 16
+#: Worker processes load kvmmu from source: the explorer reads the protocol generators' frames,
+#: which the compiled build's modules do not have (``kvmmu.compiled``).
+WORKER_ENV: Final = (("KVMMU_INTERPRETED", "1"),)
 CHECKPOINT_VERSION: Final = 1
 
 

@@ -107,7 +107,12 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
                  checkpoint: Path | None) -> Result:
     from distributed import Client, LocalCluster  # heavy: only for --distributed
 
-    from kvmmu.check.distributed import DEFAULT_PREFIX_DEPTH, explore_distributed, load_checkpoint
+    from kvmmu.check.distributed import (
+        DEFAULT_PREFIX_DEPTH,
+        WORKER_ENV,
+        explore_distributed,
+        load_checkpoint,
+    )
     from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
     resume = None
@@ -134,7 +139,8 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
             cluster = None
         else:
             cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                env=dict(WORKER_ENV))
             client = Client(cluster)  # type: ignore[no-untyped-call]
     except OSError as exc:
         raise InputError(f"--scheduler {scheduler}: {exc}") from None
@@ -233,7 +239,8 @@ def _mode_text(result: Result) -> str:
               help="Worker processes of the local cluster (--distributed).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="A running dask scheduler (tcp://host:8786) instead of a local cluster; "
-                   "implies --distributed.")
+                   "implies --distributed. Start its workers with KVMMU_INTERPRETED=1 (the "
+                   "explorer reads the protocol's frames, which a compiled build has not).")
 @click.option("--prefix-depth", type=click.IntRange(1), default=None, metavar="D",
               help="Where the tree is cut into tasks (--distributed; default 12 steps).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,

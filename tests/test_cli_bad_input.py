@@ -309,9 +309,25 @@ BAD: list[tuple[list[str], str]] = [
     (["validate", "notes.txt"], "notes.txt"),
     (["validate", "a-folder"], "a-folder"),
     (["strategies", "--bogus"], "--bogus"),
+    (["strategies", "--json", "extra"], "extra"),
+    # memslot-perf (the selftest's own messages) and reproduce
+    (["memslot-perf", "-f", "7"], "First test"),
+    (["memslot-perf", "-f", "3", "-e", "1"], "First test"),
+    (["memslot-perf", "-s", "0"], "Slot count cap"),
+    (["memslot-perf", "-s", "-5"], "Slot count cap"),
+    (["memslot-perf", "-r", "0"], "Runs per test"),
+    (["memslot-perf", "-l", "nan"], "-l"),
+    (["memslot-perf", "--strategy", "nope"], "nope"),
+    (["memslot-perf", "--memslots", "list"], "list"),
+    (["memslot-perf", "--costs", "notes.txt"], "notes.txt"),
+    (["reproduce", "--row", "nope"], "nope"),
+    (["reproduce", "--costs", "missing.toml"], "missing.toml"),
+    (["reproduce", "--figure", "notes.txt"], "notes.txt"),
+    (["reproduce", "--figure", "/proc/x.png"], "/proc"),
 ]
 
-COMMANDS = ("run", "plot", "diff", "calibrate", "check", "capture", "validate", "replay", "strategies")
+COMMANDS = ("run", "plot", "diff", "calibrate", "check", "capture", "validate", "replay", "strategies",
+            "memslot-perf", "reproduce")
 
 #: Unusual command lines that must succeed without touching anything: (argv, text in stdout).
 FINE: list[tuple[list[str], str]] = [

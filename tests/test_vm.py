@@ -216,3 +216,18 @@ def test_a_memslot_request_with_a_non_integer_field_names_it(field: str) -> None
         VM().set_user_memory_region(**args)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="slot must be an int"):
         VM().get_dirty_log("a")  # type: ignore[arg-type]
+
+
+def test_the_state_digest_tells_a_zapped_root_from_a_live_one() -> None:
+    """A vCPU holding a root that two toggles of the one-bit mmu_valid_gen made look current
+    again (5.4+, ca333add6933) must not share a state with one holding a live root: the digest
+    keys role.invalid as well as the generation."""
+    vm = VM("generation", oracle=False)
+    vm.set_user_memory_region(0, 0, 0, 1 << 20, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x1000)
+    root = vcpu.arch.root
+    assert root is not None and not root.invalid
+    live = vm.state_key()
+    root.invalid = True  # the same page and generation, zapped (as after two toggles)
+    assert vm.state_key() != live

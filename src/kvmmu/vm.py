@@ -281,7 +281,9 @@ class VM:
         def page_name(sp: ShadowPage | None) -> tuple[int, ...] | None:
             if sp is None:
                 return None
-            return (sp.as_id, sp.level, sp.gfn, sp.mmu_valid_gen)
+            # role.invalid too: with a one-bit mmu_valid_gen (5.4+) a zapped root two zaps old
+            # has the current generation again, and a vCPU holding it behaves differently.
+            return (sp.as_id, sp.level, sp.gfn, sp.mmu_valid_gen, int(sp.invalid))
 
         pages = []
         for sp in mmu.active.values():

@@ -19,15 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from kvmmu.cli.progress import progress_bar
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:  # the measuring module loads ctypes bindings: imported when a run starts
@@ -106,17 +100,7 @@ def command(
     if reason is not None:
         raise InputError(f"the real KVM is needed: {reason}")
     err = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as progress:
+    with progress_bar(err) as progress:
         task = progress.add_task("calibrating", total=kc.work_units(quick, runs))
 
         def advance(label: str, n: int) -> None:

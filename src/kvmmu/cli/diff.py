@@ -15,15 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from kvmmu.cli.progress import progress_bar
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file, probe_writable
 
 if TYPE_CHECKING:  # the diff module loads ctypes bindings: imported when a comparison starts
@@ -154,7 +147,7 @@ def command(
     if n_errno is not None:
         from kvmmu.kvm.errno_check import run_errno_agreement
 
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("memslot requests", total=n_errno)
             summary = run_errno_agreement(
                 n_errno, seed, on_progress=lambda d: progress.update(task, completed=d)
@@ -191,7 +184,7 @@ def command(
 
     assert n_random is not None
     failing: list[int] = []
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("random scenarios", total=n_random)
 
         def on_result(s: int, res: kdiff.DiffResult) -> None:
@@ -256,21 +249,6 @@ def _check_save_failing(folder: str, seed: int, n: int) -> Path:
         raise InputError(str(exc)) from None
     return base
 
-
-def _progress() -> Progress:
-    """A progress bar with an ETA on stderr when it is a terminal; nothing on a pipe."""
-    err = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
 
 
 def _result_json(res: DiffResult) -> dict[str, Any]:

@@ -16,16 +16,9 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from kvmmu.cli.progress import progress_bar
 from kvmmu.cli.strategies import StrategyParam
 from kvmmu.mmu.invalidation import STRATEGIES
 from kvmmu.report.atomic import OutputError, atomic_directory, check_output_dir
@@ -171,17 +164,7 @@ def command(
 
     deadline = t0 + time_limit if time_limit is not None else None
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
+    bar = progress_bar(err)
     # One unit per simulation the figures announce (ETA from the pace so far: points differ in
     # cost, so it is a guide, not a promise).
     task = bar.add_task("simulating", total=sum(_simulations(f, len(names), quick) for f in chosen))

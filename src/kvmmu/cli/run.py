@@ -18,14 +18,8 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from kvmmu.cli.progress import progress_bar
 from kvmmu.cli.strategies import StrategyParam
 from kvmmu.mmu.invalidation import STRATEGIES, resolve_strategy
 from kvmmu.report.atomic import OutputError, check_output_dir
@@ -205,17 +199,7 @@ def command(
     t0 = time.perf_counter()
     deadline = t0 + time_limit if time_limit is not None else None
     finished: list[RunResult] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
+    with progress_bar(err, count="percent") as bar:
         task = bar.add_task("simulating", total=len(names))
         done: dict[str, float] = {}
 

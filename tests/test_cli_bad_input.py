@@ -276,6 +276,9 @@ BAD: list[tuple[list[str], str]] = [
     (["calibrate", "--runs", "0"], "--runs"),
     (["calibrate", "--runs", "101"], "--runs"),
     (["calibrate", "--runs", "x"], "--runs"),
+    (["calibrate", "--rounds", "0"], "--rounds"),
+    (["calibrate", "--rounds", "21"], "--rounds"),
+    (["calibrate", "--rounds", "x"], "--rounds"),
     (["calibrate", "--bogus"], "--bogus"),
     # check: arguments only (the search itself is the explorer's)
     (["check", "--strategy", "nope"], "nope"),

@@ -108,3 +108,36 @@ def test_a_loaded_hosts_negative_and_absurd_fits_are_problems() -> None:
 def test_mad_ignores_one_outlier() -> None:
     assert kc.mad([10.0, 11.0, 9.0, 10.0, 1000.0]) == 1.0
     assert kc.Figure("x", (5.0,)).spread == 0.0
+
+
+# --- rounds: a shared host slows whole rounds; the quietest is fitted -----------------------------
+
+
+def test_the_quietest_round_is_fitted_and_the_busy_rounds_are_reported() -> None:
+    quiet = _calibration(12_800, 17_100, 44, (2_200.0, 2_210.0, 2_190.0))
+    # A round during another agent's build: every memslot op slower, the fault a little slower.
+    busy = _calibration(37_000, 61_000, 44, (2_300.0, 2_310.0, 2_290.0))
+    rf = kc.fit_rounds([busy, quiet, busy], default_costs().costs)
+    assert rf.chosen == 1 and rf.cal is quiet
+    assert rf.scores[1] == pytest.approx(1.0) and rf.scores[0] > 1.5
+    lo, hi = rf.between()["memslot_create"]
+    assert (lo, hi) == (pytest.approx(12_800), pytest.approx(37_000))
+    assert rf.between_spread()["first_touch_fault"] == pytest.approx(100 / 2_200)
+    warned = " | ".join(rf.warnings())
+    assert "memslot_create" in warned and "publish_and_grace" in warned
+    assert "first_touch_fault" not in warned  # 5 % apart: not a busy host
+    assert rf.fit.problems == ()
+
+
+def test_one_round_has_no_between_round_spread_to_warn_about() -> None:
+    rf = kc.fit_rounds([_calibration(14_000, 19_000, 46, (800.0, 820.0, 780.0))],
+                       default_costs().costs)
+    assert rf.chosen == 0 and rf.warnings() == ()
+    assert all(s == 0.0 for s in rf.between_spread().values())
+    source = kc.profile_source(rf, "test")
+    assert source["rounds"].startswith("1, fitted from round 1") and "cpu" in source
+
+
+def test_no_rounds_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no calibration rounds"):
+        kc.quietest_round([])

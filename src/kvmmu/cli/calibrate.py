@@ -2,7 +2,9 @@
 
 Argument parsing and printing only; measurements and the plausibility of the fit are
 :mod:`kvmmu.kvm.calibrate`, the profile format is :mod:`kvmmu.sim.costs` (the profile is loaded
-back with it before it is written). Every figure is printed as median ± MAD over the runs. Exit
+back with it before it is written). Every figure is printed as median ± MAD over the runs; the
+whole calibration is repeated ``--rounds`` times and the quietest round is fitted, with every
+estimate's range over the rounds printed beside it (:func:`kvmmu.kvm.calibrate.fit_rounds`). Exit
 status: 0 profile written (or printed), 1 the fit is implausible and nothing was written (unless
 ``--force``), 2 bad input or a host without /dev/kvm (one line). The destination is checked before
 the minutes of measuring.
@@ -11,8 +13,6 @@ the minutes of measuring.
 from __future__ import annotations
 
 import json
-import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from kvmmu.cli.progress import progress_bar
 from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
 if TYPE_CHECKING:  # the measuring module loads ctypes bindings: imported when a run starts
-    from kvmmu.kvm.calibrate import Calibration, Figure, Fit, MemslotPoint
+    from kvmmu.kvm.calibrate import Figure, MemslotPoint, RoundsFit
 
 
 class InputError(click.ClickException):
@@ -61,6 +61,14 @@ def _pm(median: float, spread: float) -> str:
     help="Runs per figure (default 7; 3 with --quick). Medians and spreads are over the runs.",
 )
 @click.option(
+    "--rounds",
+    type=click.IntRange(min=1, max=20),
+    default=3,
+    show_default=True,
+    help="Repeat the whole calibration this many times on fresh VMs and fit the quietest round "
+    "(a shared host slows whole rounds); each estimate's range over the rounds is printed.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Write the profile even if a fitted cost is negative, outside its plausible range or "
@@ -74,7 +82,7 @@ def _pm(median: float, spread: float) -> str:
     "JSON on stdout instead of tables.",
 )
 def command(
-    out_text: str | None, quick: bool, runs: int | None, force: bool, as_json: bool
+    out_text: str | None, quick: bool, runs: int | None, rounds: int, force: bool, as_json: bool
 ) -> None:
     """Measure first-touch faults, MMIO exits, exits to userspace and memslot operations with
     0 to 32k live shadow PTEs (zap-all quirk on and off) on /dev/kvm; print each figure as
@@ -83,8 +91,9 @@ def command(
 
     Every fitted cost is checked against a plausible range stated in kvmmu.kvm.calibrate.BOUNDS
     (a loaded host can make delete look faster than create): an implausible or too noisy fit is
-    reported and nothing is written (exit 1) unless --force. A full run takes a few minutes,
-    --quick a few seconds.
+    reported and nothing is written (exit 1) unless --force. On a shared host, --rounds repeats
+    everything and fits the least disturbed round; rounds that disagree by more than half are
+    reported as a busy host. A full round takes about ten seconds, --quick a few.
     """
     from kvmmu.kvm import calibrate as kc
     from kvmmu.kvm.bindings import kvm_available  # ctypes and the ioctl tables: only when used
@@ -101,26 +110,18 @@ def command(
         raise InputError(f"the real KVM is needed: {reason}")
     err = Console(stderr=True)
     with progress_bar(err) as progress:
-        task = progress.add_task("calibrating", total=kc.work_units(quick, runs))
+        task = progress.add_task("calibrating", total=kc.work_units(quick, runs, rounds))
 
         def advance(label: str, n: int) -> None:
             progress.update(task, advance=n, description=label)
 
-        cal = kc.calibrate(quick=quick, runs=runs, progress=advance)
+        cals = kc.calibrate_rounds(rounds, quick=quick, runs=runs, progress=advance)
 
     defaults = default_costs()
-    fit = kc.fit_costs(cal, defaults.costs)
+    rf = kc.fit_rounds(cals, defaults.costs)
+    cal, fit = rf.cal, rf.fit
     costs = fit.costs
-    source = {
-        "profile": f"kvmmu calibrate{' --quick' if quick else ''} on {platform.node()}",
-        "kernel": cal.kernel,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "runs": str(cal.runs),
-        "unmeasured": "names not listed in [costs] keep kvmmu's default profile",
-        **fit.how,
-    }
-    if fit.problems:
-        source["forced"] = "written with --force despite: " + "; ".join(fit.problems)
+    source = kc.profile_source(rf, f"kvmmu calibrate{' --quick' if quick else ''}")
     text = kc.profile_toml(costs, source)
     try:
         profile = parse_costs(text, str(out) if out else "<calibrated>")
@@ -139,7 +140,7 @@ def command(
         )
 
     if as_json:
-        click.echo(json.dumps(_json(cal, fit, predict, out if write else None), indent=1))
+        click.echo(json.dumps(_json(rf, predict, out if write else None), indent=1))
         if fit.problems and not force:
             raise SystemExit(EXIT_IMPLAUSIBLE)
         return
@@ -181,6 +182,9 @@ def command(
         f"{fit.spread['zap_slope']:.1f} ns per live PTE measured (slope ± MAD of per-run slopes)",
         highlight=False,
     )
+    console.print(_rounds_table(rf))
+    for warning in rf.warnings():
+        console.print(f"[yellow]busy host:[/yellow] {warning}", highlight=False)
     for problem in fit.problems:
         console.print(f"[red]implausible:[/red] {problem}", highlight=False)
     if fit.problems and not force:
@@ -200,12 +204,32 @@ def command(
         console.print(text, highlight=False, markup=False)
 
 
+def _rounds_table(rf: RoundsFit) -> Table:
+    """Each fitted estimate: the chosen round's value and the range over all rounds."""
+    t = Table(
+        title=f"Fitted from round {rf.chosen + 1} of {len(rf.rounds)} (the quietest); "
+        "range over the rounds, ns"
+    )
+    for col in ("estimate", "fitted", "min", "max", "spread"):
+        t.add_column(col, justify="left" if col == "estimate" else "right")
+    spread = rf.between_spread()
+    for k, (lo, hi) in rf.between().items():
+        t.add_row(k, f"{rf.fit.raw[k]:,.1f}", f"{lo:,.1f}", f"{hi:,.1f}", f"{spread[k]:.0%}")
+    t.caption = "round scores (1.00 = fastest on every timing): " + ", ".join(
+        f"{s:.2f}" for s in rf.scores
+    )
+    return t
+
+
 def _json(
-    cal: Calibration,
-    fit: Fit,
+    rf: RoundsFit,
     predict: Callable[[str, int, bool], int],
     written: Path | None,
 ) -> dict[str, Any]:
+    from kvmmu.kvm.calibrate import cpu_model
+
+    cal, fit = rf.cal, rf.fit
+
     def fig(f: Figure | MemslotPoint) -> dict[str, Any]:
         return {"median_ns": f.median, "mad_ns": f.spread, "samples_ns": list(f.samples)}
 
@@ -234,5 +258,19 @@ def _json(
             "how": fit.how,
             "problems": list(fit.problems),
         },
+        "rounds": [
+            {
+                "score": rf.scores[i],
+                "raw_ns": f.raw,
+                "mad_ns": f.spread,
+                "problems": list(f.problems),
+            }
+            for i, f in enumerate(rf.fits)
+        ],
+        "chosen_round": rf.chosen,
+        "between_rounds_ns": {k: list(v) for k, v in rf.between().items()},
+        "between_rounds_spread": rf.between_spread(),
+        "warnings": list(rf.warnings()),
+        "cpu": cpu_model(),
         "profile_written": str(written) if written is not None else None,
     }

@@ -194,6 +194,8 @@ BAD: list[tuple[list[str], str]] = [
     (["run", "--seed", "1.5"], "--seed"),
     (["run", "--slot-zap", "some"], "--slot-zap"),
     (["run", "--slot-zap", "all-slow"], "--slot-zap"),
+    (["run", "--mmu", "ept"], "--mmu"),
+    (["run", "-s", "zap-all-3.9", "--mmu", "tdp"], "--mmu tdp"),
     (["run", "--costs", "missing.toml"], "missing.toml"),
     (["run", "--costs", "a-folder"], "a-folder"),
     (["run", "--time-limit", "0"], "--time-limit"),

@@ -16,38 +16,54 @@ knows who spins (the timed simulation) sets ``contention_tracked`` and keeps ``s
 date; without one (a plain run, the explorer) :meth:`MmuLock.needbreak` answers yes, so that every
 point where the kernel *may* break stays a point where the model breaks.
 
-Kernel counterparts: ``kvm->mmu_lock`` (an rwlock on x86 since 5.12, used for write here: the model
-has no TDP-MMU read-side faults) and ``kvm->srcu`` with ``srcu_read_lock()`` held by a vCPU across an
-exit's handling and ``synchronize_srcu_expedited()`` in ``kvm_swap_active_memslots()``.  The SRCU
-model is the classic "wait for every reader that started before the grace period began".
+Kernel counterparts: ``kvm->mmu_lock``, a spinlock up to 5.11 and an rwlock on x86 since 5.12
+(Ben Gardon, "KVM: x86/mmu: Use an rwlock for the x86 MMU"; v5.12.9 ``include/linux/kvm_host.h``
+``KVM_HAVE_MMU_RWLOCK``).  The shadow MMU takes
+it for write everywhere; the TDP MMU's faults take it for read (a2855afc7ee8, 5.12: v5.12.9
+``arch/x86/kvm/mmu/mmu.c`` ``direct_page_fault()``: ``if (is_tdp_mmu_root(...))
+read_lock(&vcpu->kvm->mmu_lock); else write_lock(...)``), and so does the teardown of invalidated
+roots from 5.13 (b7cccd397f31; v6.8 ``kvm_tdp_mmu_zap_invalidated_roots()``).  x86 rwlocks are
+queued rwlocks (``kernel/locking/qrwlock.c``): a reader gets in unless a writer holds the lock or
+waits at the head of the queue (``queued_read_lock()`` tests ``_QW_WMASK``, which covers
+``_QW_WAITING``), so readers cannot starve a writer; a writer waits until every reader has left.
+The model's rule: a reader is blocked while a writer holds the lock or (with contention tracked)
+spins for it; a writer while anyone holds it.  ``kvm->srcu`` is held with ``srcu_read_lock()`` by a
+vCPU across an exit's handling and waited out by ``synchronize_srcu_expedited()`` in
+``kvm_swap_active_memslots()``.  The SRCU model is the classic "wait for every reader that started
+before the grace period began".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmmu.mmu.steps import MMU_LOCK, MMU_UNLOCK, SRCU_SYNC, Steps
+from kvmmu.mmu.steps import MMU_LOCK, MMU_READ_LOCK, MMU_READ_UNLOCK, MMU_UNLOCK, SRCU_SYNC, Steps
 
 
 @dataclass(slots=True)
 class MmuLock:
-    """``kvm->mmu_lock``: at most one holder; counts acquisitions and contended attempts."""
+    """``kvm->mmu_lock``: one writer or many readers; counts acquisitions and contended attempts."""
 
-    holder: object | None = None
+    holder: object | None = None  # the writer
+    #: Threads holding the lock for read (TDP MMU faults, the 5.13+ root teardown).
+    readers: set[object] = field(default_factory=set)
     acquisitions: int = 0
+    read_acquisitions: int = 0
     contended: int = 0
-    #: Threads spinning on the lock now (kept by a driver that sets ``contention_tracked``).
+    #: Threads spinning on the lock now, readers and writers (kept by a driver that sets
+    #: ``contention_tracked``), and how many of them want it for write.
     spinning: int = 0
+    writer_waiting: bool = False
     contention_tracked: bool = False
     #: ``CONFIG_PREEMPTION``: ``spin_needbreak()`` / ``rwlock_needbreak()`` see contention.
     preempt: bool = True
     breaks: int = 0  # lock breaks taken (cond_resched_lock() returned 1)
 
     def acquire(self, who: object) -> Steps[None]:
-        """``write_lock(&kvm->mmu_lock)``: spin until free."""
+        """``write_lock(&kvm->mmu_lock)`` (``spin_lock`` before 5.12): spin until free."""
         while True:
             yield MMU_LOCK
-            if self.holder is None:
+            if self.holder is None and not self.readers:
                 self.holder = who
                 self.acquisitions += 1
                 return
@@ -60,8 +76,30 @@ class MmuLock:
             raise RuntimeError(f"mmu_lock released by {who!r} but held by {self.holder!r}")
         self.holder = None
 
+    def acquire_read(self, who: object) -> Steps[None]:
+        """``read_lock(&kvm->mmu_lock)``: spin while a writer holds or waits for the lock."""
+        while True:
+            yield MMU_READ_LOCK
+            if not self.is_read_blocked():
+                self.readers.add(who)
+                self.read_acquisitions += 1
+                return
+            self.contended += 1
+
+    def release_read(self, who: object) -> Steps[None]:
+        """``read_unlock(&kvm->mmu_lock)``."""
+        yield MMU_READ_UNLOCK
+        if who not in self.readers:
+            raise RuntimeError(f"mmu_lock read-released by {who!r}, which does not hold it")
+        self.readers.discard(who)
+
     def is_blocked(self) -> bool:
-        return self.holder is not None
+        """Would a writer only spin now?"""
+        return self.holder is not None or bool(self.readers)
+
+    def is_read_blocked(self) -> bool:
+        """Would a reader only spin now? (qrwlock: a writer holds it or waits at the head.)"""
+        return self.holder is not None or (self.contention_tracked and self.writer_waiting)
 
     def needbreak(self) -> bool:
         """``cond_resched_lock()``'s test: does the holder drop the lock here?
@@ -73,11 +111,24 @@ class MmuLock:
             return True
         return self.preempt and self.spinning > 0
 
+    def read_needbreak(self) -> bool:
+        """``cond_resched_rwlock_read()``'s test: only a *writer* waiting makes a reader yield
+        (``rwlock_needbreak()`` -> ``rwlock_is_contended()``, i.e. ``_QW_WAITING``)."""
+        if not self.contention_tracked:
+            return True
+        return self.preempt and self.writer_waiting
+
     def lock_break(self, who: object) -> Steps[None]:
         """``cond_resched_lock()`` having decided to break: drop the lock, take it again."""
         self.breaks += 1
         yield from self.release(who)
         yield from self.acquire(who)
+
+    def read_lock_break(self, who: object) -> Steps[None]:
+        """``cond_resched_rwlock_read()`` having decided to break: let the writer in."""
+        self.breaks += 1
+        yield from self.release_read(who)
+        yield from self.acquire_read(who)
 
 
 @dataclass(slots=True)

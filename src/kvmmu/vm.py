@@ -90,7 +90,11 @@ class VM:
     host with an in-kernel LAPIC: a slot over 0xFEE00000 gets EEXIST); ``large_pages`` (2 MiB leaves);
     ``start_near_wrap`` (True: 150 below the wrap; an int: that far below; default: as the era did,
     i.e. 2013/2014 yes, modern no); ``mmio_gen_bits`` (compare fewer generation bits, so that an
-    explorer reaches the wrap quickly); ``mmio_caching`` (``kvm.mmio_caching``); ``trace``.
+    explorer reaches the wrap quickly); ``mmio_caching`` (``kvm.mmio_caching``); ``trace``;
+    ``tdp_mmu`` (``kvm.tdp_mmu``: the TDP MMU of the strategy's kernel, ``Strategy.tdp_mmu``, whose
+    faults hold ``mmu_lock`` for read; needs ``mmu="ept"``.  Default off: the shadow MMU, the one
+    the real KVM on this project's machines runs; ``kvmmu run`` defaults to the kernel's choice on
+    an EPT host instead, ``Strategy.tdp_mmu_default``).
     """
 
     def __init__(self, strategy: str | Strategy = "generation", *, layout: str | None = None,
@@ -100,7 +104,7 @@ class VM:
                  start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
                  mmio_caching: bool = True, nr_memslots: int | None = None,
                  apic_access_page: bool = False, trace: bool | Tracer = False,
-                 preempt: bool = True) -> None:
+                 preempt: bool = True, tdp_mmu: bool = False) -> None:
         _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
                          nr_memslots)
         self.strategy = resolve_strategy(strategy)
@@ -110,6 +114,14 @@ class VM:
             raise ValueError(f"address_spaces must be 1..{self.strategy.max_address_spaces} for "
                              f"{self.strategy.name} (kernels {self.strategy.kernels}), "
                              f"not {address_spaces}")
+        if not isinstance(tdp_mmu, bool):
+            raise TypeError(f"tdp_mmu must be a bool, not {tdp_mmu!r}")
+        if tdp_mmu and not self.strategy.tdp_mmu:
+            raise ValueError(f"{self.strategy.name} (kernels {self.strategy.kernels}) has no TDP "
+                             "MMU in this model: use the shadow MMU (tdp_mmu=False)")
+        if tdp_mmu and mmu != "ept":
+            raise ValueError("the TDP MMU needs two-dimensional paging: mmu='ept', not "
+                             f"{mmu!r}")
         if phys_bits is None:
             phys_bits = maxphyaddr if mmu == "ept" else 52
         layout_name = layout or self.strategy.layout
@@ -156,7 +168,8 @@ class VM:
             srcu=Srcu(),
             mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer,
                     valid_gen_toggles=self.strategy.valid_gen_toggles,
-                    zap_break_batch=self.strategy.zap_break_batch),
+                    zap_break_batch=self.strategy.zap_break_batch, tdp_mmu=tdp_mmu,
+                    tdp_teardown_unlocked=tdp_mmu and self.strategy.tdp_mmu == "5.13"),
             host_memory=self.host_memory,
             gen_mask=gen_mask,
             phys_bits=phys_bits,
@@ -234,6 +247,8 @@ class VM:
         """Whether a thread that yielded ``step`` would only wait if resumed now."""
         if step is Step.MMU_LOCK:
             return self.kvm.mmu.lock.is_blocked()
+        if step is Step.MMU_READ_LOCK:
+            return self.kvm.mmu.lock.is_read_blocked()
         if step is Step.SRCU_SYNC:
             return self.kvm.srcu.is_blocked()
         return False
@@ -263,6 +278,7 @@ class VM:
         out["mmu_lock_acquisitions"] = lock.acquisitions
         out["mmu_lock_contended"] = lock.contended
         out["mmu_lock_breaks"] = lock.breaks
+        out["mmu_lock_read_acquisitions"] = lock.read_acquisitions
         out["shadow_pages"] = len(self.kvm.mmu.active)
         out["srcu_grace_periods"] = self.kvm.srcu.grace_periods
         out["oracle_checked"] = self.oracle.checked if self.oracle else 0
@@ -304,5 +320,6 @@ class VM:
                                 waiting is not None and e < waiting)
                                for r, e in kvm.srcu.readers.items()))
         memory = self.host_memory.key()
+        shared = tuple(sorted(r.id if isinstance(r, VcpuArch) else -1 for r in mmu.lock.readers))
         return (slots, kvm.memslots.updating, mmu.mmu_valid_gen, tuple(pages), vcpus, holder,
-                readers, waiting is not None, memory)
+                shared, readers, waiting is not None, memory)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from kvmmu import STRATEGIES, VM, AccessKind, Path, RegisterBank
 from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from kvmmu.mmu.steps import Step
 from kvmmu.spte import SPTE_LARGE, SPTE_WRITABLE
+from kvmmu.vcpu import Vcpu
 
 HVA = 0x7F00_0000_0000
 MMIO = 0xFEE0_0000
@@ -374,3 +377,96 @@ def test_a_write_protected_huge_leaf_is_not_fast_fixed() -> None:
     out = vcpu.access(0x201000, write=True, value=1)
     assert out.path is Path.SLOW and vcpu.stats.pf_taken == taken + 1
     assert vcpu.stats.pf_fast == 0
+
+
+# --- the TDP MMU's faults: mmu_lock for read, SPTEs installed with cmpxchg ---------------------
+# v5.12.9 arch/x86/kvm/mmu/mmu.c direct_page_fault(): "if (is_tdp_mmu_root(vcpu->kvm,
+# vcpu->arch.mmu->root_hpa)) read_lock(&vcpu->kvm->mmu_lock); else write_lock(...)" (a2855afc7ee8);
+# tdp_mmu.c tdp_mmu_map_handle_target_level(): "else if (!tdp_mmu_set_spte_atomic(vcpu->kvm, iter,
+# new_spte)) return RET_PF_RETRY;" and kvm_tdp_mmu_map(): a lost tdp_mmu_link_sp() cmpxchg frees
+# the new table and retries.
+
+
+def _until(steps: Iterator[Step], want: Step, after: int = 0) -> None:
+    """Advance a protocol generator until it yields ``want`` for the ``after+1``-th time."""
+    seen = 0
+    for step in steps:
+        if step is want:
+            if seen == after:
+                return
+            seen += 1
+    raise AssertionError(f"never yielded {want}")
+
+
+def _two_vcpus(tdp: bool) -> tuple[VM, Vcpu, Vcpu]:
+    vm = VM("generation", tdp_mmu=tdp, strict=True)
+    vm.set_user_memory_region(0, 0, 0, 0x400000, HVA)
+    a, b = vm.create_vcpu(), vm.create_vcpu()
+    a.access(0)
+    b.access(0)  # both have the root and the tables of the first 2 MiB
+    return vm, a, b
+
+
+def test_shadow_mmu_faults_hold_mmu_lock_for_write_so_a_second_fault_waits() -> None:
+    vm, a, b = _two_vcpus(tdp=False)
+    steps_a = a.access_steps(0x1000)
+    _until(steps_a, Step.WRITE_SPTE)  # a holds mmu_lock, about to write its leaf
+    assert vm.kvm.mmu.lock.holder is a.arch
+    steps_b = b.access_steps(0x2000)
+    _until(steps_b, Step.MMU_LOCK)
+    assert vm.is_blocked(Step.MMU_LOCK)  # b would only spin
+
+
+def test_tdp_mmu_faults_hold_mmu_lock_for_read_so_two_faults_run_at_once() -> None:
+    vm, a, b = _two_vcpus(tdp=True)
+    steps_a = a.access_steps(0x1000)
+    _until(steps_a, Step.WRITE_SPTE)  # a holds mmu_lock for read
+    lock = vm.kvm.mmu.lock
+    assert lock.holder is None and lock.readers == {a.arch}
+    out = b.access(0x2000)
+    assert out.kind is AccessKind.RAM and b.stats.pf_fixed == 1
+    assert lock.read_acquisitions >= 3 and lock.contended == 0
+    for _ in steps_a:
+        pass
+    assert a.stats.pf_fixed == 2  # its first fault and this one
+
+
+def test_a_tdp_fault_that_loses_the_cmpxchg_on_its_leaf_retries_where_shadow_is_spurious() -> None:
+    for tdp in (False, True):
+        _vm, a, b = _two_vcpus(tdp)
+        steps_a = a.access_steps(0x1000)
+        _until(steps_a, Step.MMU_READ_LOCK if tdp else Step.MMU_LOCK)
+        if not tdp:  # a shadow fault reads the SPTE under the write lock: b must go first
+            b.access(0x1000)
+            for _ in steps_a:
+                pass
+            assert a.stats.pf_spurious == 1 and a.stats.pf_retry == 0
+            continue
+        _until(steps_a, Step.WRITE_SPTE)  # a read SPTE 0 under the read lock
+        b.access(0x1000)  # b maps it meanwhile
+        for _ in steps_a:
+            pass
+        # RET_PF_RETRY, then the re-executed access hits the SPTE b installed.
+        assert a.stats.pf_retry == 1 and a.stats.pf_spurious == 0
+        assert a.arch.last_outcome.path is Path.SLOW
+
+
+def test_a_tdp_fault_that_loses_the_race_to_link_a_table_retries() -> None:
+    vm, a, b = _two_vcpus(tdp=True)
+    steps_a = a.access_steps(0x200000)  # second 2 MiB: no table yet
+    _until(steps_a, Step.WRITE_SPTE)  # about to link the level-1 table
+    b.access(0x201000)  # links it first
+    pages = len(vm.kvm.mmu.active)
+    for _ in steps_a:
+        pass
+    assert a.stats.pf_retry == 1
+    assert len(vm.kvm.mmu.active) == pages  # a's table was not linked twice
+
+
+def test_the_tdp_mmu_needs_a_kernel_that_has_one_and_two_dimensional_paging() -> None:
+    with pytest.raises(ValueError, match="no TDP MMU"):
+        VM("generation-3.18", tdp_mmu=True)
+    with pytest.raises(ValueError, match="two-dimensional paging"):
+        VM("generation", tdp_mmu=True, mmu="shadow")
+    with pytest.raises(TypeError, match="tdp_mmu must be a bool"):
+        VM("generation", tdp_mmu="yes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from kvmmu.mmu.pages import BATCH_ZAP_PAGES, Mmu
 from kvmmu.mmu.steps import Step, run_to_completion
 from kvmmu.spte import (
@@ -11,6 +13,8 @@ from kvmmu.spte import (
     ept_mmio_mask,
     make_ram_spte,
 )
+from kvmmu.vcpu import Vcpu
+from kvmmu.vm import VM
 
 
 def new_mmu() -> Mmu:
@@ -131,3 +135,80 @@ def test_the_5_3_zap_tested_for_a_break_at_every_page() -> None:
     # 002c5f73c508 (5.3) kvm_zap_obsolete_pages(): "if (need_resched() ||
     # spin_needbreak(&kvm->mmu_lock))" before each page; 5.4 restored the batch.
     assert _zap_all_fast_breaks(7, tracked=True, spinning=1, batch=0) == 10
+
+
+# --- the TDP MMU's kvm_mmu_zap_all_fast(): where the old roots are torn down ------------------
+
+
+def _warm_tdp_vm(tdp_mmu: str) -> tuple[VM, Vcpu]:
+    from dataclasses import replace
+
+    from kvmmu.mmu.invalidation import STRATEGIES
+
+    vm = VM(replace(STRATEGIES["generation"], tdp_mmu=tdp_mmu), tdp_mmu=True, strict=True)
+    vm.set_user_memory_region(0, 0, 0, 64 << 20, 0x7F00_0000_0000)
+    vm.set_user_memory_region(1, 0, 1 << 30, 1 << 20, 0x7E00_0000_0000)
+    vcpu = vm.create_vcpu()
+    for gpa in range(0, 64 << 20, 2 << 20):
+        vcpu.access(gpa)  # 32 level-1 tables under one root
+    return vm, vcpu
+
+
+def _round_robin(vm: VM, threads: dict[str, Iterator[Step]]) -> tuple[list[str], list[set[str]]]:
+    """Step every unfinished thread in turn, skipping one whose pending step would only wait;
+    return the order they finished in and who held mmu_lock for read after each step."""
+    lock = vm.kvm.mmu.lock
+    names = {id(vm.vmm): "vmm", **{id(v.arch): f"vcpu{v.arch.id}" for v in vm.vcpus}}
+    pending = {name: next(gen) for name, gen in threads.items()}
+    finished: list[str] = []
+    readers: list[set[str]] = []
+    while pending:
+        progressed = False
+        for name in list(pending):
+            if vm.is_blocked(pending[name]):
+                continue
+            progressed = True
+            try:
+                pending[name] = next(threads[name])
+            except StopIteration:
+                del pending[name]
+                finished.append(name)
+            readers.append({names[id(r)] for r in lock.readers})
+        assert progressed, f"deadlock: {pending}"
+    return finished, readers
+
+
+def test_from_5_13_zapped_tdp_roots_are_torn_down_under_the_read_lock_while_vcpus_fault() -> None:
+    # v6.8 arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast(): kvm_tdp_mmu_invalidate_all_roots() under
+    # write_lock, write_unlock(), then kvm_tdp_mmu_zap_invalidated_roots(): read_lock(),
+    # tdp_mmu_zap_root(kvm, root, true) (b7cccd397f31, 5.13; on a workqueue flushed by the ioctl in
+    # v6.1.20).  A vCPU reloads its root at one of the teardown's read-lock breaks and then
+    # faults beside it.
+    vm, vcpu = _warm_tdp_vm("5.13")
+    delete = vm.set_user_memory_region_steps(1, 0, 1 << 30, 0, 0)
+    for step in delete:
+        if step is Step.FREE_SHADOW_PAGE:
+            break  # the first old page is freed: the VMM reads, nobody writes
+    lock = vm.kvm.mmu.lock
+    assert lock.holder is None and lock.readers == {vm.vmm}
+    finished, readers = _round_robin(vm, {"vmm": delete, "vcpu0": vcpu.access_steps(0x5000)})
+    assert finished == ["vcpu0", "vmm"]  # the fault did not wait for the teardown to end
+    assert {"vmm", "vcpu0"} in readers  # both held mmu_lock for read at once
+    assert vcpu.stats.root_reloads == 2 and vm.stats["mmu_shadow_zapped"] >= 34
+
+
+def test_in_5_12_the_tdp_mmu_is_zapped_under_the_write_lock_so_faults_wait() -> None:
+    # v5.12.9 arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast(): "if (is_tdp_mmu_enabled(kvm))
+    # kvm_tdp_mmu_zap_all(kvm);" before write_unlock(); the zap yields only at
+    # cond_resched_rwlock_write() (tdp_mmu_iter_cond_resched()).
+    vm, vcpu = _warm_tdp_vm("5.12")
+    delete = vm.set_user_memory_region_steps(1, 0, 1 << 30, 0, 0)
+    for step in delete:
+        if step is Step.FREE_SHADOW_PAGE:
+            break
+    lock = vm.kvm.mmu.lock
+    assert lock.holder is vm.vmm and not lock.readers
+    access = vcpu.access_steps(0x5000)
+    assert next(access) is Step.MMU_LOCK and vm.is_blocked(Step.MMU_LOCK)  # the root reload
+    _finished, readers = _round_robin(vm, {"vmm": delete, "vcpu0": access})
+    assert all("vmm" not in r for r in readers)  # the VMM never took the read lock

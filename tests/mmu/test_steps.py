@@ -26,5 +26,5 @@ def test_exhaust_runs_every_step() -> None:
     assert sink == [0, 1, 2, 3]
 
 
-def test_only_the_lock_and_the_grace_period_block() -> None:
-    assert {Step.MMU_LOCK, Step.SRCU_SYNC} == BLOCKING_STEPS
+def test_only_the_lock_both_ways_and_the_grace_period_block() -> None:
+    assert {Step.MMU_LOCK, Step.MMU_READ_LOCK, Step.SRCU_SYNC} == BLOCKING_STEPS

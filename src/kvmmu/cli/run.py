@@ -33,7 +33,7 @@ from kvmmu.sim import experiments as ex
 from kvmmu.sim.budget import check_memory
 from kvmmu.sim.costs import CostError, load_costs
 from kvmmu.sim.results import RunResult
-from kvmmu.sim.run import SimOptions, simulate_all
+from kvmmu.sim.run import MMU_CHOICES, SimOptions, resolve_mmu, simulate_all
 from kvmmu.sim.workloads.schema import (
     MAX_MEMORY,
     MAX_VCPUS,
@@ -62,6 +62,23 @@ def _size(value: str | None) -> int | None:
     if not isinstance(parsed, int):  # pragma: no cover - parse_size returns int or raises
         raise InputError(f"--memory: not a size: {value!r}")
     return parsed
+
+
+def _mmus(names: list[str], requested: str, err: Console) -> dict[str, str]:
+    """The MMU each strategy runs: ``requested`` where its kernel has it, else the shadow MMU."""
+    out: dict[str, str] = {}
+    for name in names:
+        if requested == "tdp" and not resolve_strategy(name).tdp_mmu:
+            out[name] = "shadow"
+        else:
+            out[name] = resolve_mmu(name, requested)
+    fallback = [n for n in names if requested == "tdp" and out[n] == "shadow"]
+    if fallback and len(fallback) == len(names):
+        raise InputError(f"--mmu tdp: {', '.join(names)} had no TDP MMU (it came with 5.10; "
+                         "`kvmmu strategies --json` shows tdp_mmu); use --mmu shadow or auto")
+    if fallback:
+        err.print(f"note: no TDP MMU in {', '.join(fallback)}: they run the shadow MMU")
+    return out
 
 
 @click.command("run")
@@ -116,6 +133,17 @@ def _size(value: str | None) -> int | None:
     "slot's SPTEs (so that the table shows MMIO invalidation alone), or everything fast "
     "(KVM_X86_QUIRK_SLOT_ZAP_ALL, the modern default).",
 )
+@click.option(
+    "--mmu",
+    type=click.Choice(MMU_CHOICES),
+    default=None,
+    help="Which MMU the host runs: shadow (every fault and zap takes mmu_lock for write), tdp "
+    "(the TDP MMU, 5.12+: faults take mmu_lock for read, and from 5.13 the zapped roots are torn "
+    "down under the read lock after the write lock is dropped), or auto: what each strategy's "
+    "kernel uses on an EPT host (tdp for generation and zap-all-fast, shadow before 5.15). "
+    "Default: the scenario's guest.mmu, auto unless it says otherwise. Kernels without a TDP MMU "
+    "run the shadow MMU; the table's first row says which ran.",
+)
 @click.option("--no-oracle", is_flag=True, help="Do not check every access against the oracle (faster).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (faster).")
 @click.option(
@@ -135,6 +163,7 @@ def command(
     vcpus: int | None,
     memory: str | None,
     slot_zap: str,
+    mmu: str | None,
     no_oracle: bool,
     no_plots: bool,
     time_limit: float | None,
@@ -184,6 +213,7 @@ def command(
                 raise InputError(msg.replace("guest.vcpus", f"--vcpus {vcpus}")) from None
         check_memory(sc, plots=not no_plots)
         costs = load_costs(costs_path)
+        mmus = _mmus(names, mmu or sc.guest.mmu, Console(stderr=True))
         # Checked before minutes of simulation, not after: a refused folder costs nothing.
         out = check_output_dir(out_dir if out_dir is not None else DEFAULT_OUT / _dirname(sc.name))
     except (ScenarioError, KindError, CostError, OutputError) as exc:
@@ -211,7 +241,8 @@ def command(
 
         for name in names:
             try:
-                finished.append(simulate_all(sc, [name], costs, opts, step))
+                finished.append(simulate_all(sc, [name], costs,
+                                             replace(opts, mmu=mmus[name]), step))
             except _TimeUp:
                 break
         stopped = len(finished) < len(names)

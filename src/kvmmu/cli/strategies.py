@@ -83,7 +83,15 @@ def behaviour(s: Strategy) -> dict[str, str]:
         "fault on a slot being deleted": ("exits as MMIO (KVM_PFN_NOSLOT)"
                                           if s.invalid_slot_fault == "mmio" else "retried"),
         "per-vCPU MMIO cache": "tagged with a generation" if s.cache_generation else "no generation",
+        "TDP MMU": _TDP[s.tdp_mmu] + (" (default on EPT/NPT hosts)" if s.tdp_mmu_default else ""),
     }
+
+
+_TDP = {
+    "": "not modelled: the shadow MMU only (kvm.tdp_mmu came in 5.10)",
+    "5.12": "faults take mmu_lock for read; zap-all under the write lock",
+    "5.13": "faults take mmu_lock for read; zapped roots torn down under the read lock",
+}
 
 
 def as_dict(s: Strategy) -> dict[str, Any]:
@@ -96,6 +104,8 @@ def as_dict(s: Strategy) -> dict[str, Any]:
         "address_spaces": s.default_address_spaces,
         "memslots": s.nr_memslots,
         "spte_layout": s.layout,
+        "tdp_mmu": s.tdp_mmu or None,
+        "tdp_mmu_default": s.tdp_mmu_default,
         "commits": list(s.commits),
         "sources": list(s.sources),
         "known_bugs": list(s.known_bugs),

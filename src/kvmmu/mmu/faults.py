@@ -12,7 +12,12 @@ way ``vcpu_enter_guest()`` and the exit handlers do:
    fill the per-vCPU cache for a gfn without a slot, take ``mmu_lock``, give up if the root became
    obsolete (``is_page_fault_stale``), walk creating shadow pages, and write a RAM SPTE or an MMIO
    SPTE tagged with the generation read *now* (``mark_mmio_spte``: the second read whose window the
-   2014 race lives in).
+   2014 race lives in).  The shadow MMU holds ``mmu_lock`` for write; the TDP MMU (``Mmu.tdp_mmu``)
+   for read, so faults of several vCPUs run at once and each SPTE (a table link, a leaf, a 2 MiB leaf
+   being split) is installed with cmpxchg: one that lost to another vCPU retries the access
+   (v5.12.9 ``arch/x86/kvm/mmu/tdp_mmu.c`` ``kvm_tdp_mmu_map()`` and
+   ``tdp_mmu_map_handle_target_level()``: ``if (!tdp_mmu_set_spte_atomic(...)) return
+   RET_PF_RETRY``; the same in v6.8).
 4. *Emulation* (``x86_emulate_instruction`` -> ``emulator_read_write_onepage``): the per-vCPU cache
    answers "MMIO" first; otherwise the memslots are read again (``kvm_vcpu_read_guest``) and the
    access goes to RAM, or to the MMIO bus and, unclaimed, to userspace as ``KVM_EXIT_MMIO``.
@@ -66,6 +71,7 @@ from kvmmu.spte import (
 
 if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
+    from kvmmu.sync import MmuLock
 
 PAGE_OFFSET_MASK: Final = (1 << PAGE_SHIFT) - 1
 ACC_WRITE_USER: Final = 0x6  # ACC_WRITE_MASK | ACC_USER_MASK
@@ -505,18 +511,23 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             write or not slot.flags & KVM_MEM_LOG_DIRTY_PAGES)
         if kvm.large_pages and slot.huge_page_ok(gfn):
             target_level = 2
-    # MmuLock.acquire()/release() inlined: this is the hottest path of a plain run.
     lock = mmu.lock
-    yield MMU_LOCK
-    while lock.holder is not None:
-        lock.contended += 1
+    # The TDP MMU faults under mmu_lock held for read (5.12+), so two vCPUs' faults run at once
+    # and every SPTE they install is a cmpxchg that may lose: see the ``shared`` tests below.
+    shared = mmu.tdp_mmu
+    if shared:
+        yield from lock.acquire_read(vcpu)
+    else:
+        # MmuLock.acquire() inlined: this is the hottest path of a plain run.
         yield MMU_LOCK
-    lock.holder = vcpu
-    lock.acquisitions += 1
+        while lock.holder is not None or lock.readers:
+            lock.contended += 1
+            yield MMU_LOCK
+        lock.holder = vcpu
+        lock.acquisitions += 1
     root = vcpu.root
     if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen or root.hpa not in mmu.active:
-        yield MMU_UNLOCK
-        lock.holder = None
+        yield from _unlock(lock, vcpu, shared)
         return _RETRY  # is_page_fault_stale(): zap_all_fast ran since guest entry
     # direct_map(): walk down, linking new shadow pages where tables are missing.  A linked
     # level-1 table for this gfn (the vCPU's paging-structure cache) is where the walk would end.
@@ -538,10 +549,18 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         if level == 1:
             break
         if child is None:
-            if sp.spt[idx]:
+            large = sp.spt[idx]
+            if large:
                 yield ZAP_SPTE
+                if shared and sp.spt[idx] != large:
+                    yield from _unlock(lock, vcpu, shared)
+                    return _RETRY  # tdp_mmu_zap_spte_atomic() lost its cmpxchg
                 mmu.clear_spte(sp, idx)  # drop_large_spte(): a 2 MiB leaf must become a table
             yield WRITE_SPTE
+            if shared and (sp.children[idx] is not None or sp.spt[idx]):
+                # tdp_mmu_link_sp() lost its cmpxchg to another vCPU's table: free ours, retry.
+                yield from _unlock(lock, vcpu, shared)
+                return _RETRY
             child = mmu.alloc_page(gfn & ~((1 << (9 * (level - 1))) - 1), level - 1,
                                    vcpu.as_id, sp, idx)
             if trace is not None:
@@ -556,6 +575,9 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         spte_gen = gen & kvm.gen_mask if kvm.strategy.mmio_generation else 0
         access_bits = ACC_ALL & codec.marker.stored_access_mask
         yield WRITE_SPTE
+        if shared and sp.spt[idx] != old:
+            yield from _unlock(lock, vcpu, shared)
+            return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
         if not codec.is_mmio(old):
             sp.nr_mmio += 1
         sp.spt[idx] = codec.encode(gfn, access_bits, spte_gen)
@@ -582,6 +604,9 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             result = _SPURIOUS
         else:
             yield WRITE_SPTE
+            if shared and sp.spt[idx] != old:
+                yield from _unlock(lock, vcpu, shared)
+                return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
             if old and codec.is_mmio(old):
                 sp.nr_mmio -= 1
             sp.spt[idx] = new
@@ -590,9 +615,21 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             stats.pf_fixed += 1
             result = _FIXED
     mmu.ever_mapped.add(key)
-    yield MMU_UNLOCK
-    lock.holder = None
+    if shared:
+        yield from lock.release_read(vcpu)
+    else:
+        yield MMU_UNLOCK
+        lock.holder = None
     return result
+
+
+def _unlock(lock: MmuLock, vcpu: VcpuArch, shared: bool) -> Steps[None]:
+    """Drop ``mmu_lock`` as the fault took it (``read_unlock`` for the TDP MMU)."""
+    if shared:
+        yield from lock.release_read(vcpu)
+    else:
+        yield MMU_UNLOCK
+        lock.holder = None
 
 
 def _emulate(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool, size: int, value: int,

@@ -48,6 +48,8 @@ WRAP_CHECKS: Final = ("commit", "memslots-updated")
 #: How a fault on a ``KVM_MEMSLOT_INVALID`` slot ends: as MMIO (before 5.13: the pfn lookup
 #: fails, ``KVM_PFN_NOSLOT``, an MMIO SPTE is installed) or retried (e0c378684b65, 5.13).
 INVALID_SLOT_FAULTS: Final = ("mmio", "retry")
+#: Which TDP MMU a kernel has (``Strategy.tdp_mmu``).
+TDP_MMUS: Final = ("", "5.12", "5.13")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,17 @@ class Strategy:
     #: 002c5f73c508, tested ``need_resched() || spin_needbreak()`` at every page, i.e. 0).  The
     #: break itself happens only on contention (``MmuLock.needbreak``).
     zap_break_batch: int = BATCH_ZAP_PAGES
+    #: This kernel's TDP MMU (``arch/x86/kvm/mmu/tdp_mmu.c``, ``kvm.tdp_mmu``), one of TDP_MMUS:
+    #: ``""`` none modelled (it came in 5.10, faulting under the write lock until 5.11);
+    #: ``"5.12"``: faults take ``mmu_lock`` for read and install SPTEs with cmpxchg (a2855afc7ee8),
+    #: ``kvm_mmu_zap_all_fast()`` zaps the TDP MMU under the write lock (v5.12.9 ``mmu.c``:
+    #: ``kvm_tdp_mmu_zap_all()`` before ``write_unlock``); ``"5.13"``: the roots are only marked
+    #: invalid under the write lock and torn down after it is dropped, under the read lock
+    #: (b7cccd397f31; v6.1.20 and v6.8 ``kvm_mmu_zap_all_fast()`` ->
+    #: ``kvm_tdp_mmu_zap_invalidated_roots()``).
+    tdp_mmu: str = ""
+    #: The TDP MMU is on by default on an EPT/NPT host (5.15, 71ba3f3189c7).
+    tdp_mmu_default: bool = False
     commits: tuple[str, ...] = ()  # the commits that define this behaviour
     sources: tuple[str, ...] = ()  # version, file, function: where each field was read
     #: Bugs the modelled kernel really had (one line each, with the fixing commit); non-empty marks
@@ -124,6 +137,8 @@ class Strategy:
             raise ValueError(f"wrap_check must be one of {WRAP_CHECKS}")
         if self.invalid_slot_fault not in INVALID_SLOT_FAULTS:
             raise ValueError(f"invalid_slot_fault must be one of {INVALID_SLOT_FAULTS}")
+        if self.tdp_mmu not in TDP_MMUS:
+            raise ValueError(f"tdp_mmu must be one of {TDP_MMUS}")
         if self.wrap_zap_kind not in ("all-fast", "mmio-cached"):
             raise ValueError("wrap_zap_kind must be all-fast or mmio-cached")
 
@@ -296,7 +311,8 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
     Strategy(
         "generation", "modern: in-progress flag, retried invalid-slot faults (current kernels)",
         kernels="5.13 - 6.x", era="modern", layout="modern", mmio_generation=True,
-        create_zap=None, slot_zap="all", memslot_array=False,
+        create_zap=None, slot_zap="all", memslot_array=False, tdp_mmu="5.13",
+        tdp_mmu_default=True,
         commits=("164bf7e56c5a (in-progress bit)", "edea7c4fc215 (5.13: bit 11 = "
                  "SPTE_MMU_PRESENT, generation at 3..10 and 52..62)",
                  "e0c378684b65 'KVM: x86/mmu: Retry page faults that hit an invalid memslot'"),
@@ -305,12 +321,17 @@ STRATEGIES: Final[dict[str, Strategy]] = {s.name: s for s in (
                  "arch/x86/kvm/mmu/spte.h MMIO_SPTE_GEN_LOW_START 3 .. HIGH_END 62",
                  "arch/x86/kvm/x86.c kvm_arch_flush_shadow_memslot(): kvm_mmu_zap_all_fast() "
                  "under KVM_X86_QUIRK_SLOT_ZAP_ALL (default), else the slot's SPTEs only",
-                 "virt/kvm/kvm_main.c kvm_swap_active_memslots()")),
+                 "virt/kvm/kvm_main.c kvm_swap_active_memslots()",
+                 "TDP MMU (default on EPT/NPT hosts from 5.15, 71ba3f3189c7): faults under "
+                 "read_lock(&kvm->mmu_lock) (a2855afc7ee8, 5.12); invalidated roots torn down "
+                 "after write_unlock (b7cccd397f31, 5.13; v6.8 "
+                 "kvm_tdp_mmu_zap_invalidated_roots())")),
     Strategy(
         "zap-all-fast", "HYPOTHETICAL: bump mmu_valid_gen on CREATE/MOVE; every vCPU refaults all",
         kernels="never merged (Marcelo Tosatti's question, rejected in the seed mail)",
         era="modern", layout="modern", mmio_generation=False, create_zap="all-fast",
         create_zap_at="memslots-updated", slot_zap="all", hypothetical=True, memslot_array=False,
+        tdp_mmu="5.13", tdp_mmu_default=True,
         sources=("Xiao Guangrong, '[PATCH 0/6] KVM: MMU: fast invalid all mmio sptes', kvm list, "
                  "March 2013: bumping the shadow-page generation on every SLOT_CREATE would make "
                  "all vCPUs fault on all memory",)),

@@ -123,6 +123,11 @@ class Mmu:
     #: Pages zapped before ``kvm_zap_obsolete_pages()`` considers a lock break (the strategy's
     #: ``Strategy.zap_break_batch``).
     zap_break_batch: int = BATCH_ZAP_PAGES
+    #: The TDP MMU (``kvm.tdp_mmu``, ``Strategy.tdp_mmu``): faults hold ``mmu_lock`` for read.
+    tdp_mmu: bool = False
+    #: 5.13+ TDP MMU: ``kvm_mmu_zap_all_fast()`` only marks the roots invalid under the write lock
+    #: and tears them down after dropping it, under the read lock.
+    tdp_teardown_unlocked: bool = False
 
     def __post_init__(self) -> None:
         self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
@@ -227,6 +232,8 @@ class Mmu:
             else self.mmu_valid_gen + 1
         self.stats.zap_all_fast += 1
         self.roots.clear()
+        if self.tdp_teardown_unlocked:
+            return (yield from self._zap_invalidated_roots(who))
         freed_total = 0
         batch = 0
         for sp in list(self.active.values()):
@@ -243,6 +250,41 @@ class Mmu:
                     batch = 0
                     yield from self.lock.lock_break(who)
         yield from self.lock.release(who)
+        return freed_total
+
+    def _zap_invalidated_roots(self, who: object) -> Steps[int]:
+        """The 5.13+ TDP MMU half of ``kvm_mmu_zap_all_fast()``, entered with the write lock held.
+
+        ``kvm_tdp_mmu_invalidate_all_roots()`` marks every root invalid (``role.invalid``) in the
+        same write-locked section that bumps ``mmu_valid_gen`` and requests the reload; then
+        ``write_unlock()``, and ``kvm_tdp_mmu_zap_invalidated_roots()`` tears the old trees down
+        under ``read_lock()`` -- so vCPUs fault on their new roots meanwhile (b7cccd397f31, 5.13;
+        v6.1.20 runs the teardown on a workqueue and the ioctl waits in ``flush_workqueue()``, v6.8
+        runs it in the ioctl's thread again: the same waits, modelled as the latter).  The
+        teardown yields the lock at any SPTE when a *writer* waits (``tdp_mmu_zap_root(kvm, root,
+        shared=true)`` -> ``tdp_mmu_iter_cond_resched()`` -> ``cond_resched_rwlock_read()``), e.g.
+        a vCPU reloading its root (``mmu_alloc_direct_roots()`` takes the write lock up to 6.9);
+        the model tests at every page freed.
+        """
+        tops = []
+        for sp in self.active.values():
+            if sp.parent is None or sp.parent.hpa not in self.active:
+                sp.invalid = sp.invalid or sp.level == ROOT_LEVEL  # role.invalid on the roots
+                tops.append(sp)
+        lock = self.lock
+        yield from lock.release(who)
+        yield from lock.acquire_read(who)
+        freed_total = 0
+        for top in tops:
+            if top.hpa not in self.active:
+                continue
+            for _page, live in self.unlink(top):
+                yield Step.FREE_SHADOW_PAGE
+                self.drop_entries(live)
+                freed_total += 1
+                if lock.read_needbreak():
+                    yield from lock.read_lock_break(who)
+        yield from lock.release_read(who)
         return freed_total
 
     def zap_all_slow(self, who: object) -> Steps[int]:

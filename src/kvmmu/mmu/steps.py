@@ -45,6 +45,8 @@ class Step(IntEnum):
     EXIT_TO_USERSPACE = 10  # KVM_EXIT_MMIO to the VMM
     EMULATE = 11  # the instruction emulator performs the access
     ROOT_RELOAD = 12  # kvm_mmu_reload(): a new root after KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+    MMU_READ_LOCK = 13  # read_lock(&kvm->mmu_lock) (blocking): TDP MMU faults, 5.12+
+    MMU_READ_UNLOCK = 14  # read_unlock(&kvm->mmu_lock)
     # --- memslot update side (the VMM thread) ------------------------------------------------
     PUBLISH_MEMSLOTS = 20  # rcu_assign_pointer(kvm->memslots[as_id], slots)
     SRCU_SYNC = 21  # synchronize_srcu_expedited(&kvm->srcu) (blocking)
@@ -72,6 +74,8 @@ RETRY: Final = Step.RETRY
 EXIT_TO_USERSPACE: Final = Step.EXIT_TO_USERSPACE
 EMULATE: Final = Step.EMULATE
 ROOT_RELOAD: Final = Step.ROOT_RELOAD
+MMU_READ_LOCK: Final = Step.MMU_READ_LOCK
+MMU_READ_UNLOCK: Final = Step.MMU_READ_UNLOCK
 PUBLISH_MEMSLOTS: Final = Step.PUBLISH_MEMSLOTS
 SRCU_SYNC: Final = Step.SRCU_SYNC
 WRITE_GENERATION: Final = Step.WRITE_GENERATION
@@ -83,7 +87,7 @@ WRITE_PROTECT: Final = Step.WRITE_PROTECT
 VISIT_SHADOW_PAGE: Final = Step.VISIT_SHADOW_PAGE
 
 #: Steps at which a thread may wait for another: a driver asks the VM whether they can proceed.
-BLOCKING_STEPS = frozenset({Step.MMU_LOCK, Step.SRCU_SYNC})
+BLOCKING_STEPS = frozenset({Step.MMU_LOCK, Step.MMU_READ_LOCK, Step.SRCU_SYNC})
 
 T = TypeVar("T")
 

@@ -48,7 +48,7 @@ def _cell(row: dict[str, int | float | str], key: str, fmt: object) -> tuple[str
     """A table cell's text, and whether it marks a problem."""
     if key == "refaults_split":
         return f"{int(row['refaults_ram']):,} / {int(row['refaults_mmio']):,}", False
-    if key == "status":
+    if key in ("status", "mmu"):
         return str(row[key]), False
     assert callable(fmt)
     text: str = fmt(row[key])

@@ -132,6 +132,9 @@ STEP_COSTS: Mapping[str, tuple[tuple[str, int], ...]] = MappingProxyType(
         "MMU_LOCK": (("mmu_lock_ns", 1),),
         "WRITE_SPTE": (("spte_write_ns", 1),),
         "MMU_UNLOCK": (("mmu_unlock_ns", 1),),
+        # An rwlock's read side costs what its write side does (one atomic on the lock word).
+        "MMU_READ_LOCK": (("mmu_lock_ns", 1),),
+        "MMU_READ_UNLOCK": (("mmu_unlock_ns", 1),),
         "RETRY": (("guest_retry_ns", 1),),
         "EXIT_TO_USERSPACE": (("exit_to_userspace_ns", 1),),
         "EMULATE": (("emulate_ns", 1),),

@@ -4,7 +4,9 @@ Design. Each experiment builds small scenarios in code (validated like files, th
 :func:`~kvmmu.sim.workloads.schema.scenario_from_dict`), runs them through :func:`simulate` under
 each strategy and returns plain values (:class:`~kvmmu.sim.results.Sweep` or a dict) that the
 CLI prints and plots and the tests assert the *shapes* of. Nothing is tuned to a published figure:
-the published numbers are carried alongside for comparison only.
+the published numbers are carried alongside for comparison only.  They run the shadow MMU
+(``SimOptions.mmu="shadow"``): the arguments they reproduce were made about it, the only MMU until
+5.10; ``kvmmu run --mmu tdp`` shows what the TDP MMU changes.
 
 * :func:`shadow_page_sweep`: memslot CREATE latency and ``mmu_lock`` hold per update against the
   number of shadow pages (zap-all-3.9 and zap-mmio-3.10 linear, the generation flat).
@@ -42,7 +44,8 @@ ProgressFn = Callable[[str], None]
 def isolating_options() -> SimOptions:
     """Options of the sweeps: DELETE/MOVE zap only their slot (quirk off), as ``kvmmu run``'s
     default, so that differences come from MMIO invalidation alone; no timeline spans."""
-    return SimOptions(trace=False, vm_options={"slot_zap": "slot", "start_near_wrap": True})
+    return SimOptions(trace=False, vm_options={"slot_zap": "slot", "start_near_wrap": True},
+                      mmu="shadow")
 
 
 #: The published figure (design note section 3): delete+add of a memslot, 6 vCPUs, 2 GiB, idle.
@@ -236,7 +239,8 @@ def fast_zap_2013(
 
     DELETE zaps everything (the zap-all quirk, as memslot deletion did in 2013).
     """
-    opts = opts or SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "all"})
+    opts = opts or SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "all"},
+                              mmu="shadow")
     sc = scenario or load_scenario("fast-zap-2013")
     out = {}
     for s in strategies:
@@ -264,7 +268,8 @@ def fast_zap_eras(
     for era, (strategy, slot_zap) in FAST_ZAP_ERAS.items():
         if progress is not None:
             progress(f"{era} ({strategy}, slot_zap={slot_zap})")
-        opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": slot_zap})
+        opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": slot_zap},
+                          mmu="shadow")
         out[era] = _delete_add(sc, strategy, costs, opts)
     return out
 
@@ -379,7 +384,8 @@ def seed_argument(
     """CREATE latency vs shadow pages (walks vs generation) and, beside it, the vCPU time that
     zap-all-fast's CREATE costs in refaults vs warm pages per vCPU (Xiao's reply to Marcelo:
     "all vCPUs fault on all memory").  Oracle off: these are cost figures."""
-    opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "slot"})
+    opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "slot"},
+                      mmu="shadow")
     sweep = shadow_page_sweep(leaf_pages, SEED_WALKS, costs, opts, progress=progress)
     refaults: dict[str, list[dict[str, float]]] = {s: [] for s in SEED_REFAULTS}
     for n in warm_pages:

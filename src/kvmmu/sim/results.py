@@ -18,11 +18,13 @@ from kvmmu.stats import lock_work, shadow_pages_walked
 #: Column names of the comparison table and of ``summary.csv``, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "strategy",
+    "mmu",
     "updates",
     "update_latency_mean_ns",
     "update_latency_p99_ns",
     "update_latency_max_ns",
     "mmu_lock_hold_ns",
+    "mmu_lock_read_hold_ns",
     "mmu_lock_wait_ns",
     "srcu_wait_ns",
     "vcpu_stall_ns",
@@ -106,6 +108,9 @@ class ThreadResult:
     lock_wait_ns: int
     lock_hold_ns: int
     srcu_wait_ns: int
+    #: Time holding ``mmu_lock`` for read (TDP MMU faults, the 5.13+ root teardown): shared, so it
+    #: blocks only writers; ``lock_hold_ns`` is the exclusive (write) hold alone.
+    lock_read_hold_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,8 @@ class StrategyResult:
     stats: Mapping[str, int] = field(default_factory=dict)
     #: The oracle's first violations, as it describes them.
     violations: tuple[str, ...] = ()
+    #: Which MMU ran: ``shadow`` (mmu_lock for write everywhere) or ``tdp`` (the TDP MMU).
+    mmu: str = "shadow"
 
     @property
     def latencies(self) -> list[int]:
@@ -163,11 +170,13 @@ class StrategyResult:
         vcpus = [t for t in self.threads if t.kind == "vcpu"]
         row: dict[str, int | float | str] = {
             "strategy": self.strategy,
+            "mmu": self.mmu,
             "updates": len(lat),
             "update_latency_mean_ns": (sum(lat) / len(lat)) if lat else 0.0,
             "update_latency_p99_ns": percentile(lat, 99),
             "update_latency_max_ns": max(lat) if lat else 0,
             "mmu_lock_hold_ns": sum(t.lock_hold_ns for t in self.threads),
+            "mmu_lock_read_hold_ns": sum(t.lock_read_hold_ns for t in self.threads),
             "mmu_lock_wait_ns": sum(t.lock_wait_ns for t in self.threads),
             "srcu_wait_ns": sum(t.srcu_wait_ns for t in self.threads),
             "vcpu_stall_ns": sum(t.stall_ns for t in vcpus),

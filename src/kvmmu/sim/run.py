@@ -47,6 +47,7 @@ from typing import Any
 from kvmmu.devices import RegisterBank
 from kvmmu.errors import KvmError
 from kvmmu.mmu.faults import VcpuStats
+from kvmmu.mmu.invalidation import resolve_strategy
 from kvmmu.mmu.steps import Step
 from kvmmu.sim.costs import CostModel
 from kvmmu.sim.engine import ChoosingRule, Engine, Event, OrderingRule, SimulationError
@@ -80,8 +81,11 @@ MAX_VIOLATIONS = 20
 ProgressFn = Callable[[float], None]
 _MMU_LOCK = Step.MMU_LOCK
 _MMU_UNLOCK = Step.MMU_UNLOCK
+_MMU_READ_LOCK = Step.MMU_READ_LOCK
+_MMU_READ_UNLOCK = Step.MMU_READ_UNLOCK
 _SRCU_SYNC = Step.SRCU_SYNC
-_BLOCKING = (Step.MMU_LOCK, Step.SRCU_SYNC)
+_BLOCKING = (Step.MMU_LOCK, Step.MMU_READ_LOCK, Step.SRCU_SYNC)
+_LOCK_STEPS = (Step.MMU_LOCK, Step.MMU_READ_LOCK)
 _FREE_PAGE = Step.FREE_SHADOW_PAGE
 
 
@@ -101,6 +105,9 @@ class SimOptions:
     #: The memslot storage to charge: the pre-5.17 sorted array (True), the 5.17+ trees (False),
     #: or the strategy's own era (None; ``Strategy.memslot_array``).
     memslot_array: bool | None = None
+    #: ``shadow`` or ``tdp`` (the TDP MMU); None: the scenario's ``guest.mmu``, whose ``auto`` is
+    #: what the strategy's kernel uses on an EPT host (``Strategy.tdp_mmu_default``).
+    mmu: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,8 +123,12 @@ class _Thread:
     lock_wait_ns: int = 0
     lock_hold_ns: int = 0
     srcu_wait_ns: int = 0
+    lock_read_hold_ns: int = 0
     hold_since: int = -1
+    read_hold_since: int = -1
     wake: Event | None = None
+    #: The blocking step this thread waits at (while it is in a queue).
+    waiting_step: Step | None = None
 
 
 class _Sim:
@@ -136,6 +147,8 @@ class _Sim:
             "large_pages": g.page_size > 4096,
         }
         vm_kwargs.update(opts.vm_options)
+        self.mmu = resolve_mmu(strategy, opts.mmu or scenario.guest.mmu)
+        vm_kwargs.setdefault("tdp_mmu", self.mmu == "tdp")
         self.vm = VM(strategy=strategy, **vm_kwargs)
         # This driver knows who spins on mmu_lock: lock breaks happen only on contention.
         self.lock = self.vm.kvm.mmu.lock
@@ -152,7 +165,12 @@ class _Sim:
         self.c_copy_slot = costs["memslot_copy_per_slot_ns"] if array else 0
         self.c_guest = costs["guest_access_ns"]
         self.threads: list[_Thread] = []
-        self.waiters: dict[Step, deque[_Thread]] = {_MMU_LOCK: deque(), _SRCU_SYNC: deque()}
+        # One FIFO for mmu_lock, readers and writers alike (a queued rwlock), one for SRCU.
+        self.lock_queue: deque[_Thread] = deque()
+        self.srcu_queue: deque[_Thread] = deque()
+        self.waiters: dict[Step, deque[_Thread]] = {
+            _MMU_LOCK: self.lock_queue, _MMU_READ_LOCK: self.lock_queue,
+            _SRCU_SYNC: self.srcu_queue}
         self.n_waiting = 0
         self.steps = 0
         self.bin_ns = max(1, -(-self.duration // SERIES_BINS))
@@ -214,11 +232,19 @@ class _Sim:
 
     def _poll(self) -> None:
         """Wake the head waiter of each queue whose condition the model says now holds."""
-        for step, queue in self.waiters.items():
+        for queue in (self.lock_queue, self.srcu_queue):
             if queue:
-                wake = queue[0].wake
-                if wake is not None and not wake.triggered and not self.vm.is_blocked(step):
+                head = queue[0]
+                wake = head.wake
+                if (wake is not None and not wake.triggered and head.waiting_step is not None
+                        and not self.vm.is_blocked(head.waiting_step)):
                     wake.succeed()
+
+    def _writer_at_head(self) -> None:
+        # qrwlock: a writer at the head of the wait queue sets _QW_WAITING, which stops new
+        # readers (queued_read_lock()) and makes a reader's cond_resched_rwlock_read() yield.
+        q = self.lock_queue
+        self.lock.writer_waiting = bool(q) and q[0].waiting_step is _MMU_LOCK
 
     def drive(
         self, th: _Thread, gen: Generator[Step, None, Any], counters: VcpuStats | None = None
@@ -238,9 +264,12 @@ class _Sim:
                 t0 = engine.now
                 queue = self.waiters[step]
                 queue.append(th)
+                th.waiting_step = step
                 self.n_waiting += 1
-                if step is _MMU_LOCK:
+                is_lock = step in _LOCK_STEPS
+                if is_lock:
                     self.lock.spinning += 1
+                    self._writer_at_head()
                 while True:
                     th.wake = engine.event()
                     yield th.wake
@@ -249,15 +278,18 @@ class _Sim:
                         break
                     # Lost the race to a thread that ran first at this instant: stay at the head.
                 queue.remove(th)
+                th.waiting_step = None
                 self.n_waiting -= 1
-                if step is _MMU_LOCK:
+                if is_lock:
                     self.lock.spinning -= 1
+                    self._writer_at_head()
                 waited = engine.now - t0
-                if step is _MMU_LOCK:
+                if is_lock:
                     th.lock_wait_ns += waited
                     handoff = self.c_handoff
                     if self.trace:
-                        self._span(th, "spin on mmu_lock", "lock-wait", t0, waited)
+                        self._span(th, "spin on mmu_lock" if step is _MMU_LOCK
+                                   else "spin on mmu_lock (read)", "lock-wait", t0, waited)
                 else:
                     th.srcu_wait_ns += waited
                     if self.trace:
@@ -290,6 +322,15 @@ class _Sim:
                 if self.trace:
                     self._span(th, "mmu_lock held", "mmu_lock", th.hold_since, now - th.hold_since)
                 th.hold_since = -1
+            elif step is _MMU_READ_LOCK:
+                if done or nxt is not _MMU_READ_LOCK:
+                    th.read_hold_since = now
+            elif step is _MMU_READ_UNLOCK and th.read_hold_since >= 0:
+                th.lock_read_hold_ns += now - th.read_hold_since
+                if self.trace:
+                    self._span(th, "mmu_lock held for read", "mmu_lock-read", th.read_hold_since,
+                               now - th.read_hold_since)
+                th.read_hold_since = -1
             if counters is not None:
                 if counters.exits != exits:
                     cost += self.c_vmexit
@@ -439,6 +480,7 @@ class _Sim:
                     t.lock_wait_ns,
                     t.lock_hold_ns,
                     t.srcu_wait_ns,
+                    t.lock_read_hold_ns,
                 )
                 for t in self.threads
             ),
@@ -460,7 +502,26 @@ class _Sim:
             violations=tuple(str(v) for v in oracle.violations[:MAX_VIOLATIONS])
             if (oracle := self.vm.oracle) is not None
             else (),
+            mmu=self.mmu,
         )
+
+
+MMU_CHOICES = ("auto", "shadow", "tdp")
+
+
+def resolve_mmu(strategy: str, mmu: str) -> str:
+    """``shadow`` or ``tdp`` for a run of ``strategy``: ``auto`` is the kernel's own choice on an
+    EPT/NPT host (the TDP MMU from 5.15, 71ba3f3189c7; the shadow MMU before).  Raises
+    ``ValueError`` for a name not in :data:`MMU_CHOICES` or a TDP MMU the kernel does not have."""
+    if mmu not in MMU_CHOICES:
+        raise ValueError(f"mmu must be one of {', '.join(MMU_CHOICES)}, not {mmu!r}")
+    profile = resolve_strategy(strategy)
+    if mmu == "auto":
+        return "tdp" if profile.tdp_mmu_default else "shadow"
+    if mmu == "tdp" and not profile.tdp_mmu:
+        raise ValueError(f"{profile.name} (kernels {profile.kernels}) has no TDP MMU in this "
+                         "model; use --mmu shadow or auto")
+    return mmu
 
 
 def memslot_copy_slots(vm: VM, slot: int) -> int:

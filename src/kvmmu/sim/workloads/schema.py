@@ -117,6 +117,10 @@ class Guest:
     ram_flags: tuple[Flag, ...] = ()
     phys_bits: Annotated[int, Field(ge=32, le=52, strict=True)] = 46
     address_spaces: Literal[1, 2] = 1
+    #: Which MMU the host runs: ``shadow`` (mmu_lock for write everywhere), ``tdp`` (the TDP MMU:
+    #: faults under the read lock), or ``auto``: what the strategy's kernel uses on an EPT/NPT
+    #: host (the TDP MMU from 5.15).  ``kvmmu run --mmu`` overrides it.
+    mmu: Literal["auto", "shadow", "tdp"] = "auto"
     #: Share of each vCPU's working set faulted in (untimed) before the clock starts.
     prefault: Fraction = 0.0
     #: Prefault every n-th page of the window (512 with 4 KiB pages: one leaf shadow page each).

@@ -214,6 +214,30 @@ def _qemu_missing() -> str | None:
     return None
 
 
+#: Seconds of QEMU under capture: on a quiet host three reach SeaBIOS's first PAM toggles (the
+#: first memslot deletes); a loaded one (other VMs, a parallel test run) may need longer, so the
+#: capture is taken again with a longer budget rather than failing on the host's load.
+POST_BUDGETS = (3, 10, 30)
+
+
+def _capture_post(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> Path:
+    """Capture QEMU's POST until it has deleted a memslot and zapped; the capture's folder.
+
+    The JSON summary of the successful attempt is left in ``capsys`` for the caller."""
+    for n, budget in enumerate(POST_BUDGETS):
+        out = tmp_path / f"cap{n}"
+        capsys.readouterr()  # drop an earlier attempt's summary
+        with pytest.raises(SystemExit) as exc:
+            main(["capture", *args, "--timeout", str(budget), "--json", "--out", str(out), "--",
+                  *QEMU_POST])
+        assert exc.value.code in (0, None)
+        cap = load_capture(out)
+        zapped = any(e.event == "kvm_mmu_zap_all_fast" for e in cap.events)
+        if (any(c.is_delete for c in cap.memslots) and zapped) or n == len(POST_BUDGETS) - 1:
+            return out
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.kvm
 def test_capturing_a_real_qemu_post_records_memslots_and_its_own_kernel_trace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -222,14 +246,11 @@ def test_capturing_a_real_qemu_post_records_memslots_and_its_own_kernel_trace(
     if missing is not None:
         pytest.skip(missing)
     ours = f"kvmmu-{os.getpid()}-"
-    # Three seconds reach SeaBIOS's first PAM toggles (the first memslot deletes).
-    with pytest.raises(SystemExit) as exc:
-        main(["capture", "--timeout", "3", "--json", "--out", str(tmp_path / "cap"), "--", *QEMU_POST])
-    assert exc.value.code in (0, None)
+    out = _capture_post(tmp_path, capsys, [])
     facts = json.loads(capsys.readouterr().out)
     assert facts["memslot_create"] >= 5 and facts["memslot_delete"] >= 1
     assert facts["kvm_mmu_zap_all_fast"] >= 1 and facts["mmio_accesses"] > 0
-    cap = load_capture(tmp_path / "cap")
+    cap = load_capture(out)
     # Only the VMM's own threads are in the trace, and the two clocks agree: each
     # kvm_mmu_zap_all_fast falls inside a memslot ioctl of the thread that fired it.
     assert {e.tid for e in cap.events} <= set(cap.meta.tids)
@@ -307,23 +328,7 @@ def test_capturing_qemu_through_the_preload_shim_pairs_zaps_on_one_clock(
 ) -> None:
     if shutil.which("qemu-system-x86_64") is None or shutil.which("cc") is None:
         pytest.skip("needs qemu-system-x86_64 and cc (apt-get install qemu-system-x86 gcc)")
-    with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "capture",
-                "--via",
-                "preload",
-                "--timeout",
-                "3",
-                "--json",
-                "--out",
-                str(tmp_path / "p"),
-                "--",
-                *QEMU_POST,
-            ]
-        )
-    assert exc.value.code in (0, None)
-    cap = load_capture(tmp_path / "p")
+    cap = load_capture(_capture_post(tmp_path, capsys, ["--via", "preload"]))
     assert cap.meta.sources == ("preload", "tracefs")
     assert any(c.is_delete for c in cap.memslots)
     # The shim decodes what strace 6.1 cannot: QEMU's coalesced VGA window, its quirks (none off).

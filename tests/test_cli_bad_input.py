@@ -327,6 +327,7 @@ BAD: list[tuple[list[str], str]] = [
     (["memslot-perf", "--costs", "notes.txt"], "notes.txt"),
     (["reproduce", "--row", "nope"], "nope"),
     (["reproduce", "--costs", "missing.toml"], "missing.toml"),
+    (["reproduce", "--costs", "missing.toml", "--calibrate"], "--calibrate"),
     (["reproduce", "--figure", "notes.txt"], "notes.txt"),
     (["reproduce", "--figure", "/proc/x.png"], "/proc"),
 ]

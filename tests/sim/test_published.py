@@ -65,3 +65,43 @@ def test_fitted_rows_say_so_and_disagreements_carry_their_explanation() -> None:
 def test_an_unknown_row_is_refused(costs: CostModel) -> None:
     with pytest.raises(ValueError, match="unknown row 'nope'"):
         reproduce(costs, keys=["nope"])
+
+
+def test_the_chromeos_row_cites_the_commit_that_published_it() -> None:
+    row = next(r for r in ROWS if r.key == "chromeos-delete")
+    assert "0df9dab891ff" in row.source and "20230916003916.2545000-4-seanjc" in row.source
+    # The ~8 ms is the async-zap kernel's figure, not 5.10's (issue 10 mislabelled it).
+    assert row.labels == ("6.x, async root zap", "5.15")
+    assert "occupying all logical CPUs for ~8ms" in row.setting
+    assert row.assumed and row.host.startswith("ChromeOS")
+
+
+def test_every_row_names_its_host_and_the_costs_it_rests_on() -> None:
+    from kvmmu.sim.costs import COST_NAMES
+
+    for row in ROWS:
+        assert row.host, row.key
+        assert row.depends and set(row.depends) <= set(COST_NAMES), row.key
+
+
+def test_calibrated_tolerance_is_25_percent_and_untuned_a_factor_of_2() -> None:
+    inside = Value("v", 1.0, 1.9, 1.24)
+    assert inside.untuned_ok and inside.calibrated_ok and inside.agrees()
+    outside = Value("v", 1.0, 0.51, 0.74)
+    assert outside.untuned_ok and outside.calibrated_ok is False and not outside.agrees()
+    assert Value("v", 1.0, 2.1, None).calibrated_ok is None
+    assert not Value("v", 1.0, 2.1, None).agrees()
+
+
+def test_a_calibrated_value_off_by_more_than_25_percent_says_what_was_measured() -> None:
+    row = next(r for r in ROWS if r.key == "memslots-509-unmap")
+    values = (Value("a", 0.0724, 0.08, 0.2), Value("b", 0.0315, 0.035, 0.035))
+    res = RowResult(row, values, ("mmu_notifier_ns", "vmexit_ns"), "Some CPU, kernel 1.0")
+    note = res.calibration_note()
+    assert note is not None and "calibrated: Some CPU, kernel 1.0" in note
+    assert "changed mmu_notifier_ns" in note and "kept the defaults for memslot_hva_walk_ns" in note
+    assert note in res.notes()
+    quiet = RowResult(row, (Value("a", 0.0724, 0.08, 0.08), Value("b", 0.0315, 0.035, 0.035)),
+                      ("mmu_notifier_ns",), "x")
+    assert quiet.calibration_note() is None
+    assert RowResult(row, values).calibration_note() is None  # no profile: nothing to explain

@@ -281,8 +281,9 @@ def command(
     console.print(comparison_table(run))
     console.print(
         "[dim]update latency: one KVM_SET_USER_MEMORY_REGION, from the ioctl to its return; "
-        "mmu_lock held/spin: summed over all threads; vCPU stall: time vCPUs spent out of the "
-        "guest handling their accesses (spin included); refaults: slow-path faults on a gfn "
+        "mmu_lock held/spin: summed over all threads (held for read: TDP MMU faults and its "
+        "teardown of zapped roots, shared; for write: everything else); vCPU stall: time vCPUs "
+        "spent out of the guest handling their accesses (spin included); refaults: slow-path faults on a gfn "
         "mapped before.[/dim]"
     )
     for r in run.strategies:

@@ -429,7 +429,7 @@ def lock_and_faults_figure(run: RunResult) -> Plot:
                              transform=ax.get_xaxis_transform(), label="memslot updates (ticks)")
         if when:
             handles.append(rug)
-    top.set_ylabel("mmu_lock held so far (ms)")
+    top.set_ylabel("mmu_lock held for write\nso far (ms)")
     title = f"{run.scenario}: mmu_lock hold and refaults over time (running totals)"
     top.set_title(title, fontsize=10)
     bottom.set_ylabel("refaults so far\n(slow-path faults on gfns mapped before)")
@@ -441,18 +441,25 @@ def lock_and_faults_figure(run: RunResult) -> Plot:
             groups=groups_hold if groups_hold == groups_ref else ())
     final_hold = {n: v[-1] if v else 0.0 for n, v in hold.items()}
     final_ref = {n: v[-1] if v else 0.0 for n, v in refaults.items()}
-    caption = "Steeper is worse: the slope is the share of time mmu_lock is held, or the refault rate."
+    caption = ("Steeper is worse: the slope is the share of time mmu_lock is held exclusively (for "
+               "write), or the refault rate.")
+    tdp = sorted(r.strategy for r in run.strategies if r.mmu == "tdp")
+    if tdp:
+        caption += (f" {', '.join(tdp)} ran the TDP MMU, whose faults hold the lock for read (the "
+                    "table's 'held for read' row), so only its root reloads and zaps count here.")
     if final_hold:
         lo = min(final_hold, key=lambda n: final_hold[n])
         hi = max(final_hold, key=lambda n: final_hold[n])
+        by = f"by {hi}" + (f" and {_fmt(final_hold[lo])} ms by {lo}" if lo != hi else "")
         caption += (
-            f" By the end of the simulated duration mmu_lock had been held {_fmt(final_hold[hi])} ms "
-            f"by {hi} and {_fmt(final_hold[lo])} ms by {lo} (the table's totals also count the "
+            f" By the end of the simulated duration mmu_lock had been held for write "
+            f"{_fmt(final_hold[hi])} ms {by} (the table's totals also count the "
             "work that drains after it); a vertical step is one long hold (a zap)."
         )
         rlo = min(final_ref, key=lambda n: final_ref[n])
         rhi = max(final_ref, key=lambda n: final_ref[n])
-        caption += f" Refaults: {_fmt(final_ref[rhi])} for {rhi}, {_fmt(final_ref[rlo])} for {rlo}."
+        caption += f" Refaults: {_fmt(final_ref[rhi])} for {rhi}" + (
+            f", {_fmt(final_ref[rlo])} for {rlo}." if rlo != rhi else ".")
     notes = coincide_note(groups_hold)
     if notes:
         caption += " Lock hold: " + notes

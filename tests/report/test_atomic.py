@@ -201,3 +201,14 @@ def test_any_folder_is_replaced_only_if_everything_in_it_is_kvmmus(
         assert not foreign
         assert {p.name for p in final.iterdir()} == {"new.txt", MARKER}
     assert [p.name for p in final.parent.iterdir()] == ["out"]  # no temporary left beside it
+
+
+def test_atomic_bytes_keep_an_existing_files_mode_and_leave_no_temporary(tmp_path: Path) -> None:
+    from kvmmu.report.atomic import atomic_write_bytes
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    atomic_write_bytes(target, b"\x00new")
+    assert target.read_bytes() == b"\x00new" and (target.stat().st_mode & 0o777) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -9,12 +9,11 @@ a file kvmmu did not write (:func:`kvmmu.report.atomic.check_output_file`).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvmmu.report.atomic import atomic_write_bytes
 from kvmmu.sim.published import RowResult
 
 
@@ -45,13 +44,7 @@ def draw(results: Sequence[RowResult], path: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_title("Published figures vs the model (kvmmu reproduce)")
     ax.legend(fontsize=8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
+    atomic_write_bytes(path, png.getvalue())
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from kvmmu.mmu.faults import Path
 from kvmmu.mmu.pages import BATCH_ZAP_PAGES, Mmu
 from kvmmu.mmu.steps import Step, run_to_completion
 from kvmmu.spte import (
@@ -212,3 +213,29 @@ def test_in_5_12_the_tdp_mmu_is_zapped_under_the_write_lock_so_faults_wait() -> 
     assert next(access) is Step.MMU_LOCK and vm.is_blocked(Step.MMU_LOCK)  # the root reload
     _finished, readers = _round_robin(vm, {"vmm": delete, "vcpu0": access})
     assert all("vmm" not in r for r in readers)  # the VMM never took the read lock
+
+
+def test_from_5_13_the_tdp_mmu_write_protects_for_dirty_logging_under_the_read_lock() -> None:
+    # v6.1.20 arch/x86/kvm/mmu/mmu.c kvm_mmu_slot_remove_write_access(): "if
+    # (is_tdp_mmu_enabled(kvm)) { read_lock(&kvm->mmu_lock); kvm_tdp_mmu_wrprot_slot(...);" --
+    # v5.12.9 held the write lock around kvm_tdp_mmu_wrprot_slot().
+    from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES
+
+    for era, shared in (("5.13", True), ("5.12", False)):
+        vm, vcpu = _warm_tdp_vm(era)
+        enable = vm.set_user_memory_region_steps(0, KVM_MEM_LOG_DIRTY_PAGES, 0, 64 << 20,
+                                                 0x7F00_0000_0000)
+        for step in enable:
+            if step is Step.WRITE_PROTECT:
+                break
+        lock = vm.kvm.mmu.lock
+        if not shared:
+            assert lock.holder is vm.vmm and not lock.readers
+            continue
+        assert lock.holder is None and lock.readers == {vm.vmm}
+        out = vcpu.access(0x3000)  # a fresh page of the logged slot: faults beside the VMM
+        assert out.path is Path.SLOW and lock.readers == {vm.vmm}
+        for _ in enable:
+            pass
+        assert vm.stats["sptes_write_protected"] == 32  # every leaf mapped before, once
+        assert vcpu.access(0x3000, write=True).path is Path.FAST  # logged by fast_page_fault()

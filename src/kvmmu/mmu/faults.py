@@ -552,12 +552,12 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             large = sp.spt[idx]
             if large:
                 yield ZAP_SPTE
-                if shared and sp.spt[idx] != large:
+                if shared and (sp.spt[idx] != large or sp.invalid):
                     yield from _unlock(lock, vcpu, shared)
                     return _RETRY  # tdp_mmu_zap_spte_atomic() lost its cmpxchg
                 mmu.clear_spte(sp, idx)  # drop_large_spte(): a 2 MiB leaf must become a table
             yield WRITE_SPTE
-            if shared and (sp.children[idx] is not None or sp.spt[idx]):
+            if shared and (sp.children[idx] is not None or sp.spt[idx] or sp.invalid):
                 # tdp_mmu_link_sp() lost its cmpxchg to another vCPU's table: free ours, retry.
                 yield from _unlock(lock, vcpu, shared)
                 return _RETRY
@@ -575,7 +575,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         spte_gen = gen & kvm.gen_mask if kvm.strategy.mmio_generation else 0
         access_bits = ACC_ALL & codec.marker.stored_access_mask
         yield WRITE_SPTE
-        if shared and sp.spt[idx] != old:
+        if shared and (sp.spt[idx] != old or sp.invalid):
             yield from _unlock(lock, vcpu, shared)
             return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
         if not codec.is_mmio(old):
@@ -604,7 +604,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             result = _SPURIOUS
         else:
             yield WRITE_SPTE
-            if shared and sp.spt[idx] != old:
+            if shared and (sp.spt[idx] != old or sp.invalid):
                 yield from _unlock(lock, vcpu, shared)
                 return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
             if old and codec.is_mmio(old):

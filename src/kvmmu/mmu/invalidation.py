@@ -468,11 +468,12 @@ class X86Arch:
         if (new is not None and new.dirty_logging and plan.change is not Change.DELETE
                 and not (old is not None and old.dirty_logging and plan.change is Change.FLAGS_ONLY)):
             # kvm_mmu_slot_apply_flags(): logging just enabled (or a new/moved logged slot).
-            yield from kvm.mmu.write_protect_range(self.who, new.base_gfn, new.end_gfn, new.as_id)
+            yield from kvm.mmu.write_protect_range(self.who, new.base_gfn, new.end_gfn, new.as_id,
+                                                   shared=kvm.mmu.tdp_read_slot_ops)
         elif (strategy.zap_collapsible and plan.change is Change.FLAGS_ONLY and new is not None
               and old is not None and old.dirty_logging and not new.dirty_logging):
             # kvm_mmu_zap_collapsible_sptes(): 4 KiB leaves where a 2 MiB one may now go.
-            yield from kvm.mmu.zap_collapsible(self.who, new)
+            yield from kvm.mmu.zap_collapsible(self.who, new, shared=kvm.mmu.tdp_read_slot_ops)
         if strategy.create_zap_by_base:
             # v3.9: "if (npages && old.base_gfn != mem->guest_phys_addr >> PAGE_SHIFT)"; an
             # empty old slot has base_gfn 0.

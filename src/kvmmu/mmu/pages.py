@@ -128,6 +128,9 @@ class Mmu:
     #: 5.13+ TDP MMU: ``kvm_mmu_zap_all_fast()`` only marks the roots invalid under the write lock
     #: and tears them down after dropping it, under the read lock.
     tdp_teardown_unlocked: bool = False
+    #: 5.13+ TDP MMU: dirty-logging write protection and the collapsible-SPTE zap take the read
+    #: lock (the slot zap and KVM_GET_DIRTY_LOG's re-protection keep the write lock).
+    tdp_read_slot_ops: bool = False
 
     def __post_init__(self) -> None:
         self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
@@ -340,11 +343,26 @@ class Mmu:
         yield from self.lock.release(who)
         return zapped
 
-    def zap_collapsible(self, who: object, slot: Memslot) -> Steps[int]:
+    def _lock_slot_op(self, who: object, shared: bool) -> Steps[None]:
+        if shared:
+            yield from self.lock.acquire_read(who)
+        else:
+            yield from self.lock.acquire(who)
+
+    def _unlock_slot_op(self, who: object, shared: bool) -> Steps[None]:
+        if shared:
+            yield from self.lock.release_read(who)
+        else:
+            yield from self.lock.release(who)
+
+    def zap_collapsible(self, who: object, slot: Memslot, shared: bool = False) -> Steps[int]:
         """``kvm_mmu_zap_collapsible_sptes()`` (4.1+, 3ea3b7fa9af0): after dirty logging is turned
         off, drop the 4 KiB tables of the slot where a 2 MiB leaf may go, so the next fault maps
-        the huge page again.  Returns the number of tables zapped."""
-        yield from self.lock.acquire(who)
+        the huge page again.  Returns the number of tables zapped.  ``shared``: the 5.13+ TDP MMU
+        does it under the read lock (v6.1.20 ``kvm_mmu_zap_collapsible_sptes()``:
+        ``read_lock(); kvm_tdp_mmu_zap_collapsible_sptes(); read_unlock()``; v5.12.9 took the
+        write lock); a fault that walked into a table zapped meanwhile loses its cmpxchg."""
+        yield from self._lock_slot_op(who, shared)
         zapped = 0
         for sp in self.pages_in_gfn_range(slot.base_gfn, slot.end_gfn, 1):
             if sp.as_id != slot.as_id or sp.hpa not in self.active or not slot.huge_page_ok(sp.gfn):
@@ -353,23 +371,35 @@ class Mmu:
                 yield Step.FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 zapped += 1
-        yield from self.lock.release(who)
+        yield from self._unlock_slot_op(who, shared)
         return zapped
 
-    def write_protect_range(self, who: object, start: int, end: int, as_id: int) -> Steps[int]:
-        """``kvm_mmu_slot_remove_write_access()``: make the RAM leaves in the range read-only."""
-        yield from self.lock.acquire(who)
+    def _writable_leaf(self, sp: ShadowPage, i: int, spte: int, start: int, end: int) -> bool:
+        return bool(spte & SPTE_PRESENT and spte & SPTE_WRITABLE and not self.codec.is_mmio(spte)
+                    and (sp.level == 1 or spte & SPTE_LARGE) and start <= sp.gfn_of(i) < end)
+
+    def write_protect_range(self, who: object, start: int, end: int, as_id: int,
+                            shared: bool = False) -> Steps[int]:
+        """``kvm_mmu_slot_remove_write_access()``: make the RAM leaves in the range read-only.
+
+        ``shared``: the 5.13+ TDP MMU write-protects under the read lock (v6.1.20:
+        ``read_lock(); kvm_tdp_mmu_wrprot_slot(); read_unlock()``), each SPTE with cmpxchg, so an
+        entry a concurrent fault changed since it was read is read again (``tdp_mmu_set_spte_atomic``
+        failing makes the iterator retry it)."""
+        yield from self._lock_slot_op(who, shared)
         n = 0
         for sp in self.pages_in_gfn_range(start, end, 2):
             if sp.as_id != as_id:
                 continue
             for i, spte in enumerate(sp.spt):
-                if (spte & SPTE_PRESENT and spte & SPTE_WRITABLE and not self.codec.is_mmio(spte)
-                        and (sp.level == 1 or spte & SPTE_LARGE)
-                        and start <= sp.gfn_of(i) < end):
+                if self._writable_leaf(sp, i, spte, start, end):
                     yield Step.WRITE_PROTECT
+                    if shared:
+                        spte = sp.spt[i]
+                        if not self._writable_leaf(sp, i, spte, start, end):
+                            continue
                     sp.spt[i] = spte & ~SPTE_WRITABLE
                     n += 1
         self.stats.sptes_write_protected += n
-        yield from self.lock.release(who)
+        yield from self._unlock_slot_op(who, shared)
         return n

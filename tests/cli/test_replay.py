@@ -28,6 +28,8 @@ def test_replay_runs_every_strategy_and_names_the_cheapest(
     assert run(args) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {s["summary"]["strategy"] for s in doc["strategies"]} == set(STRATEGIES)
+    # The capture's host ran the shadow MMU (tdp_mmu=N): so does every strategy replaying it.
+    assert {s["summary"]["mmu"] for s in doc["strategies"]} == {"shadow"}
     ranking = [r["strategy"] for r in doc["verdict"]["ranking"]]
     assert sorted(ranking) == sorted(STRATEGIES) and doc["verdict"]["cheapest"] in ranking
     assert (tmp_path / "r" / "report.json").is_file() and (tmp_path / "r" / "trace.json").is_file()

@@ -107,10 +107,14 @@ def command(
     except (CaptureError, ScenarioError, CostError, OutputError) as exc:
         raise InputError(str(exc)) from None
     zap = cap.meta.kernel.slot_zap if slot_zap == "capture" else slot_zap
+    kernel = cap.meta.kernel
     opts = SimOptions(
         oracle=not no_oracle,
         vm_options={"slot_zap": zap, "start_near_wrap": True},
         workload=workload,
+        # The captured host's MMU (this project's hosts: the shadow MMU, tdp_mmu=N); a strategy
+        # whose kernel had no TDP MMU runs the shadow MMU either way.
+        mmu="tdp" if kernel.mmu == "tdp" and kernel.tdp_mmu else "shadow",
     )
     err = Console(stderr=True)
     t0 = time.perf_counter()
@@ -153,7 +157,8 @@ def command(
     console.print(sc.description, highlight=False, markup=False)
     console.print(comparison_table(run))
     console.print(
-        f"[dim]slot zap on DELETE/MOVE: {zap}; MMIO caching on; coalesced MMIO not modelled "
+        f"[dim]slot zap on DELETE/MOVE: {zap}; MMU: {opts.mmu} (the captured host's); MMIO "
+        "caching on; coalesced MMIO not modelled "
         "(each buffered write is an access); update latency: one KVM_SET_USER_MEMORY_REGION, ioctl "
         "to return; vCPU stall: time vCPUs spent out of the guest handling their accesses.[/dim]"
     )

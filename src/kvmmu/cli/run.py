@@ -66,12 +66,7 @@ def _size(value: str | None) -> int | None:
 
 def _mmus(names: list[str], requested: str, err: Console) -> dict[str, str]:
     """The MMU each strategy runs: ``requested`` where its kernel has it, else the shadow MMU."""
-    out: dict[str, str] = {}
-    for name in names:
-        if requested == "tdp" and not resolve_strategy(name).tdp_mmu:
-            out[name] = "shadow"
-        else:
-            out[name] = resolve_mmu(name, requested)
+    out = {name: resolve_mmu(name, requested) for name in names}
     fallback = [n for n in names if requested == "tdp" and out[n] == "shadow"]
     if fallback and len(fallback) == len(names):
         raise InputError(f"--mmu tdp: {', '.join(names)} had no TDP MMU (it came with 5.10; "

@@ -511,17 +511,15 @@ MMU_CHOICES = ("auto", "shadow", "tdp")
 
 def resolve_mmu(strategy: str, mmu: str) -> str:
     """``shadow`` or ``tdp`` for a run of ``strategy``: ``auto`` is the kernel's own choice on an
-    EPT/NPT host (the TDP MMU from 5.15, 71ba3f3189c7; the shadow MMU before).  Raises
-    ``ValueError`` for a name not in :data:`MMU_CHOICES` or a TDP MMU the kernel does not have."""
+    EPT/NPT host (the TDP MMU from 5.15, 71ba3f3189c7; the shadow MMU before); ``tdp`` asked of a
+    kernel without one runs the shadow MMU, as that kernel did (the result's ``mmu`` says so).
+    Raises ``ValueError`` for a name not in :data:`MMU_CHOICES`."""
     if mmu not in MMU_CHOICES:
         raise ValueError(f"mmu must be one of {', '.join(MMU_CHOICES)}, not {mmu!r}")
     profile = resolve_strategy(strategy)
     if mmu == "auto":
         return "tdp" if profile.tdp_mmu_default else "shadow"
-    if mmu == "tdp" and not profile.tdp_mmu:
-        raise ValueError(f"{profile.name} (kernels {profile.kernels}) has no TDP MMU in this "
-                         "model; use --mmu shadow or auto")
-    return mmu
+    return mmu if profile.tdp_mmu else "shadow"
 
 
 def memslot_copy_slots(vm: VM, slot: int) -> int:

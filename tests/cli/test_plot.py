@@ -92,8 +92,18 @@ def test_the_progress_total_counts_every_simulation_a_figure_announces(tmp_path:
     from kvmmu.cli.plot import _FIGURE, _simulations
     from kvmmu.sim.costs import default_costs
 
-    for fig in ("shadow-pages", "refaults"):
+    for fig in ("shadow-pages", "refaults", "mmu"):
         notes: list[str] = []
         _FIGURE[fig](["generation"], default_costs(), tmp_path, Console(file=io.StringIO()), 1, True,
                      notes.append, {})
         assert len(notes) == _simulations(fig, 1, True), (fig, notes)
+
+
+def test_the_mmu_figure_shows_who_waits_for_a_delete_under_each_mmu(tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    result = CliRunner().invoke(cli, ["plot", "mmu", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {"mmu_lock_wait_vs_vcpus.png", "delete_latency_vs_vcpus.png"} <= {
+        p.name for p in out.iterdir()}
+    points = json.loads((out / "figures.json").read_text())["mmu"]["points"]
+    assert {p["strategy"] for p in points} == {"generation (shadow MMU)", "generation (TDP MMU)"}

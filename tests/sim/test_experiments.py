@@ -74,3 +74,17 @@ def test_fast_zap_eras_run_the_3_10_and_3_11_configurations_on_the_same_guest(
     # Both zaps free every page under mmu_lock: most of the latency is lock hold.
     for era in (before, after):
         assert era["lock_hold_per_op_ms"] > 0.8 * era["delete_add_mean_ms"]
+
+
+def test_under_the_tdp_mmu_vcpus_stop_spinning_through_a_delete_that_takes_as_long(
+        costs: CostModel) -> None:
+    # Shadow MMU: the zap holds mmu_lock for write and every faulting vCPU spins (v5.12.9
+    # kvm_mmu_zap_all_fast()); 5.13+ TDP MMU: the zapped roots are torn down under the read lock
+    # while the vCPUs fault under it too (v6.8 kvm_tdp_mmu_zap_invalidated_roots(), b7cccd397f31).
+    sw = ex.mmu_sweep([2, 8], costs)
+    for n in (2, 8):
+        row = {p.strategy: p.row for p in sw.points if p.x == n}
+        shadow, tdp = row["generation (shadow MMU)"], row["generation (TDP MMU)"]
+        assert float(tdp["vcpu_lock_wait_ns"]) * 5 < float(shadow["vcpu_lock_wait_ns"])
+        assert abs(float(tdp["delete_latency_ns"]) / float(shadow["delete_latency_ns"]) - 1) < 0.1
+        assert shadow["mmu"] == "shadow" and tdp["mmu"] == "tdp"

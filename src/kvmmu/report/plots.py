@@ -105,9 +105,17 @@ def _index(strategy: str) -> int:
 
 
 def style(strategy: str) -> Style:
-    """The colour, marker and line style of ``strategy`` in every figure."""
+    """The colour, marker and line style of ``strategy`` in every figure.
+
+    ``NAME (TDP MMU)`` and ``NAME (shadow MMU)`` (``kvmmu plot mmu``) draw as NAME, the TDP one
+    shifted to another colour, marker and line so the two never look alike."""
+    shift = 0
+    if strategy.endswith(" MMU)") and " (" in strategy:
+        strategy, kind = strategy.rsplit(" (", 1)
+        shift = 3 if kind.startswith("TDP") else 0
     i = _index(strategy)
-    return Style(_PALETTE[i % len(_PALETTE)], _MARKERS[i % len(_MARKERS)], _LINESTYLES[i % len(_LINESTYLES)])
+    return Style(_PALETTE[(i + shift) % len(_PALETTE)], _MARKERS[(i + shift) % len(_MARKERS)],
+                 _LINESTYLES[(i + shift) % len(_LINESTYLES)])
 
 
 def colour(strategy: str) -> str:

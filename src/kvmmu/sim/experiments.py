@@ -402,3 +402,50 @@ def seed_argument(
     for p in refaults["zap-all-fast"]:
         p["extra_stall_ns"] = p["vcpu_stall_ns"] - base[p["warm_pages"]]
     return {"sweep": sweep, "refaults": refaults, "vcpus": vcpus}
+
+
+# --- 6. who waits for a memslot delete: the shadow MMU vs the TDP MMU ---------------------------
+
+#: A warm guest whose vCPUs keep touching their memory while the VMM deletes a slot (the zap-all
+#: quirk: ``kvm_mmu_zap_all_fast``): the setting of the ChromeOS reports and of issue 10's
+#: "a memslot delete stalls 6 vCPUs for 21 ms".
+DELETE_WHILE_RUNNING: dict[str, Any] = {
+    "name": "delete-while-running",
+    "description": "a memslot delete (zap-all quirk) while every vCPU touches its warm memory",
+    "duration": "3ms",
+    "guest": {"vcpus": 1, "memory": "1GiB", "ram_base": "4GiB", "ram_slot": 1, "prefault": 1.0},
+    "vcpu": {"think": "2us", "working_set": "32MiB", "pattern": "random", "mmio_fraction": 0.0,
+             "rom_fraction": 0.0},
+    "slots": [{"id": 2, "gpa": 0xFD000000, "size": "16MiB"}],
+    "vmm": [{"op": "delete", "slot": 2, "at": "500us"}],
+}
+
+
+def mmu_sweep(
+    counts: Sequence[int],
+    costs: CostModel,
+    strategy: str = "generation",
+    progress: ProgressFn | None = None,
+) -> Sweep:
+    """The delete's latency and the vCPUs' stall and spin against the vCPU count, once with the
+    shadow MMU (every fault and the zap hold ``mmu_lock`` for write) and once with the 5.13+ TDP
+    MMU (faults and the teardown of the zapped roots hold it for read).  Series are named
+    ``STRATEGY (shadow MMU)`` and ``STRATEGY (TDP MMU)``."""
+    base = scenario_from_dict(DELETE_WHILE_RUNNING, "<delete-while-running>")
+    points = []
+    for n in counts:
+        sc = vcpu_scenario(base, n)
+        for mmu in ("shadow", "tdp"):
+            label = f"{strategy} ({'TDP' if mmu == 'tdp' else 'shadow'} MMU)"
+            if progress is not None:
+                progress(f"{label} @ {n}")
+            opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "all"}, mmu=mmu)
+            r = simulate(sc, strategy, costs, opts)
+            deletes = [u.latency_ns for u in r.updates if u.change == "delete"]
+            vcpus = [t for t in r.threads if t.kind == "vcpu"]
+            points.append(SweepPoint(n, label, _row(r, {
+                "delete_latency_ns": float(deletes[0]) if deletes else float("nan"),
+                "vcpu_lock_wait_ns": float(sum(t.lock_wait_ns for t in vcpus)),
+                "stall_per_vcpu_ns": float(sum(t.stall_ns for t in vcpus)) / n,
+            })))
+    return Sweep(f"{base.name}: who waits for a memslot delete", "vCPUs", tuple(points))

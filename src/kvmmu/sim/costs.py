@@ -55,6 +55,14 @@ name                           what takes that long
                                node per level from 5.17 (``kvm_for_each_memslot_in_hva_range``)
 ``mmu_notifier_ns``            one ``madvise(MADV_DONTNEED)``-style invalidation: the syscall,
                                ``invalidate_range_start/end`` and the TLB flush, besides the walk
+``host_page_alloc_ns``         a guest fault on memory whose host page was dropped
+                               (``MADV_DONTNEED``): ``hva_to_pfn()`` -> ``get_user_pages()``
+                               faults a fresh zeroed 4 KiB page in, besides the fault itself
+``host_unmap_present_ns``       one ``madvise(MADV_DONTNEED)`` call that drops present host pages,
+                               besides ``mmu_notifier_ns``: the pages freed, the host's TLB
+                               shootdown and KVM's remote TLB flush, both of which kick the CPU
+                               running the vCPU; the vCPU waits meanwhile (its faults retry,
+                               ``mmu_invalidate_retry()``), so the call adds to the guest's time
 =============================  ===================================================================
 """
 
@@ -119,6 +127,8 @@ COST_NAMES: tuple[str, ...] = (
     "memslot_copy_per_slot_ns",
     "memslot_hva_walk_ns",
     "mmu_notifier_ns",
+    "host_page_alloc_ns",
+    "host_unmap_present_ns",
 )
 
 #: What each protocol step costs, by step name: a sum of (cost name, multiplier).
@@ -163,6 +173,9 @@ DRIVER_COSTS: Mapping[str, str] = MappingProxyType(
         "memslot_copy_per_slot_ns": "per slot in the address space, per update, in eras before 5.17",
         "memslot_hva_walk_ns": "per memslot an mmu-notifier invalidation tests (kvmmu memslot-perf)",
         "mmu_notifier_ns": "each host unmap of guest memory (kvmmu memslot-perf)",
+        "host_page_alloc_ns": "a guest write to a page the host dropped (kvmmu memslot-perf)",
+        "host_unmap_present_ns": "each host unmap call that drops present pages (kvmmu "
+        "memslot-perf)",
         "spte_zapped_ns": "per live entry of each shadow page freed (the model counts them: sptes_dropped)",
     }
 )

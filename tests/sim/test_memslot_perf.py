@@ -8,14 +8,20 @@ import pytest
 
 from kvmmu.sim.costs import CostModel, default_costs
 from kvmmu.sim.memslot_perf import (
+    HVA_BASE,
+    MEM_GPA,
     MEM_SIZE_MAP_PAGES,
     NTESTS,
     TESTS,
     PerfArgs,
+    _Meter,
+    _phase,
     memslot_perf,
     report_lines,
     timespec,
 )
+from kvmmu.vcpu import Vcpu
+from kvmmu.vm import VM
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +132,36 @@ def test_move_tests_move_the_last_slot_away_and_back(costs: CostModel) -> None:
     assert all(r.avg_ns >= 2 * costs["memslot_ioctl_ns"] for r in report.results)
     best = report_lines(report)[-1]
     assert best.startswith("Best slot setup time for the whole test area was ")
+
+
+def _meter(costs: CostModel) -> tuple[_Meter, Vcpu]:
+    vm = VM(strategy="generation", oracle=False)
+    vm.set_user_memory_region(1, 0, MEM_GPA, 64 * 4096, HVA_BASE + MEM_GPA)
+    return _Meter(vm, costs, memslot_array=False), vm.create_vcpu()
+
+
+def test_a_guest_write_to_a_page_the_host_dropped_pays_the_host_page_allocation(
+        costs: CostModel) -> None:
+    m, vcpu = _meter(costs)
+    m.guest_write(vcpu, MEM_GPA, 1)  # builds the page tables
+    plain = m.guest_write(vcpu, MEM_GPA + 4096, 1)  # present (memset by prepare_vm): a fault
+    m.unmap(MEM_GPA, 1, 1)
+    again = m.guest_write(vcpu, MEM_GPA, 2)  # its SPTE zapped and its host page gone
+    assert again - plain == costs["host_page_alloc_ns"]
+    assert m.guest_write(vcpu, MEM_GPA, 3) < plain  # mapped again: no fault, no allocation
+
+
+def test_an_unmap_of_present_pages_costs_more_and_the_vcpu_waits_for_it(
+        costs: CostModel) -> None:
+    m, vcpu = _meter(costs)
+    for i in range(4):
+        m.guest_write(vcpu, MEM_GPA + i * 4096, 1)
+    present_cost, waited = m.unmap(MEM_GPA, 4, 1)  # four calls, four present pages
+    empty_cost, empty_waited = m.unmap(MEM_GPA, 4, 1)  # the same calls, nothing present
+    assert waited == present_cost and empty_waited == 0
+    # Each present call: the extra cost, and the zap of the page's SPTE.
+    assert present_cost - empty_cost == 4 * (costs["host_unmap_present_ns"]
+                                             + costs["spte_zapped_ns"])
+    # Present calls add to the guest's time; calls over dropped pages overlap it.
+    assert _phase((present_cost, waited), 1000) == present_cost + 1000
+    assert _phase((empty_cost, 0), empty_cost + 1000) == empty_cost + 1000

@@ -23,3 +23,9 @@ def test_a_3_10_update_counts_every_page_it_walked() -> None:
     before = shadow_pages_walked(vm.stats)
     vm.set_user_memory_region(1, 0, 1 << 32, 0x1000, 0x7E00_0000_0000)
     assert shadow_pages_walked(vm.stats) - before == vm.stats["shadow_pages"] == 5
+
+
+def test_lock_work_counts_read_acquisitions_of_the_tdp_mmu_too() -> None:
+    from kvmmu.stats import lock_work
+
+    assert lock_work({"mmu_lock_acquisitions": 3, "mmu_lock_read_acquisitions": 5}) == 8

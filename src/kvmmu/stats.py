@@ -18,8 +18,9 @@ def shadow_pages_walked(stats: Mapping[str, int]) -> int:
 
 
 def lock_work(stats: Mapping[str, int]) -> int:
-    """Units of work done under ``mmu_lock``: acquisitions, plus pages and SPTEs zapped, walked
-    or write-protected."""
-    return (stats.get("mmu_lock_acquisitions", 0) + stats.get("sptes_zapped", 0)
+    """Units of work done under ``mmu_lock``: acquisitions (for write or, TDP MMU, for read), plus
+    pages and SPTEs zapped, walked or write-protected."""
+    return (stats.get("mmu_lock_acquisitions", 0) + stats.get("mmu_lock_read_acquisitions", 0)
+            + stats.get("sptes_zapped", 0)
             + stats.get("mmu_shadow_zapped", 0) + stats.get("invalidation_pages_walked", 0)
             + stats.get("sptes_write_protected", 0))

@@ -112,8 +112,8 @@ GLOSSARY: Mapping[str, tuple[str, str]] = {
     "shadow_pages_walked": ("shadow pages walked", "Shadow pages an invalidation visited: walked "
                             "looking for MMIO SPTEs, or zapped."),
     "sptes_walked": ("SPTEs walked", "SPTEs an invalidation walk examined one by one."),
-    "lock_work": ("work under mmu_lock", "Units of work done holding mmu_lock: acquisitions, plus "
-                  "pages and SPTEs zapped, walked or write-protected."),
+    "lock_work": ("work under mmu_lock", "Units of work done holding mmu_lock: acquisitions (for "
+                  "write or read), plus pages and SPTEs zapped, walked or write-protected."),
     "generation_wraps": ("generation wraps", "Times the MMIO generation wrapped around; each wrap "
                          "zaps every MMIO SPTE so that an old generation cannot match again."),
     "vmm_errors": ("VMM requests refused", "Memslot requests the model refused with an errno "

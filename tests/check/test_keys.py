@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Generator
 
 import pytest
 
@@ -106,3 +107,71 @@ def test_the_key_is_the_same_in_every_process() -> None:
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
     assert len(keys) == 1 and keys != {""}
     assert stable_id("access") == stable_id("access") != stable_id("_page_fault")
+
+
+def test_a_replayed_world_adopting_the_seeds_hashes_its_threads_as_from_scratch() -> None:
+    # The explorer replays a prefix on a fresh world and adopts the original world's frame hashes
+    # before the prefix's last step; from then on only frames that run are hashed again.
+    rng = random.Random(3)
+    canon = FrameCanon()
+    config = CheckConfig("generation", vcpus=2, updates=2, mmio_gen_bits=2, slot_zap="slot")
+    adopted = 0
+    for _ in range(30):
+        world = World(config)
+        keyer = Keyer(world, canon)
+        schedule: list[int] = []
+        cut = rng.randrange(1, 40)
+        seeds = None
+        while not world.all_done() and world.enabled_threads():
+            if len(schedule) == cut:
+                keyer.world_hash(keyer.shared.components())
+                seeds = keyer.threads.seeds()
+                break
+            t = rng.choice(world.enabled_threads())
+            keyer.ran(t)
+            world.step(t)
+            schedule.append(t)
+        if seeds is None:
+            continue
+        replayed = World(config)
+        for t in schedule:
+            replayed.step(t)
+        again = Keyer(replayed, canon)
+        again.threads.adopt(seeds)
+        adopted += 1
+        for _ in range(15):
+            if replayed.all_done() or not replayed.enabled_threads():
+                break
+            t = rng.choice(replayed.enabled_threads())
+            again.ran(t)
+            replayed.step(t)
+            m = again.token(again.shared.components())
+            for i, thread in enumerate(replayed.threads):
+                assert again.threads.thread_hash(i, m) == scratch_thread_hash(thread)
+    assert adopted > 10
+
+
+def _no_loop() -> Generator[int, None, None]:
+    yield 1
+    total = 0
+    for i in range(3):
+        total += i
+    yield total
+
+
+def _loop() -> Generator[int, None, None]:
+    yield 0
+    for i in range(3):
+        yield i * 2  # a loop that yields, as the zap loops do
+
+
+def test_only_loops_whose_body_yields_are_looked_for_iterators() -> None:
+    canon = FrameCanon()
+    assert canon.yielding_loops(_no_loop.__code__) == ()
+    (start, end), = canon.yielding_loops(_loop.__code__)
+    gen = _loop()
+    next(gen)
+    assert not start < gen.gi_frame.f_lasti < end  # suspended before the loop: no iterator
+    next(gen)
+    assert start < gen.gi_frame.f_lasti < end
+    assert canon.frame_hash(gen) == canon.frame_hash(gen, exact=True)

@@ -250,15 +250,17 @@ def explore(
         run = _Run(World(config), preemptions=pre)
         world = run.world
         keyer = Keyer(world, canon)
-        if prefix:
-            keyer.threads.seed(seeds, prefix[-1])
         findings: list[Finding] = []
         before: list[int] | None = None  # shared parts before the last step taken
         reads = 0  # the parts the last step taken may read
         for i, t in enumerate(prefix):
-            if reduce and i == len(prefix) - 1:
-                before = keyer.shared.components().parts
-                reads = reads_of(world, t)
+            if i == len(prefix) - 1:
+                if reduce:
+                    before = keyer.shared.components().parts
+                    reads = reads_of(world, t)
+                if seeds:
+                    keyer.threads.adopt(seeds)
+                keyer.ran(t)
             findings = _step(world, t)
             if findings and i < len(prefix) - 1:
                 raise AssertionError("a replayed prefix failed before its last step")
@@ -341,7 +343,6 @@ def explore(
                 order = [run.last, *(t for t in enabled if t != run.last)]
             asleep = {s[0]: s for s in sleep}
             first: tuple[int, int] | None = None
-            seeds = keyer.threads.seeds()
             alternatives: list[tuple[int, int]] = []
             for t in order:
                 p = run.preemptions + is_preemption(world, run.last, t)
@@ -370,6 +371,7 @@ def explore(
                 else:
                     alternatives.append((t, p))
             if alternatives:
+                seeds = keyer.threads.seeds()
                 here = _Node(world_hash, sleep=list(sleep)) if reduce else None
                 for t, p in alternatives:
                     stack.append(((*run.schedule, t), p, seeds, here))

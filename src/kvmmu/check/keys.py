@@ -40,11 +40,11 @@ random runs.
 from __future__ import annotations
 
 import dataclasses
+import dis
 import enum
 import hashlib
 from collections.abc import Callable, Hashable, Iterable
-from itertools import compress, repeat
-from operator import is_not
+from itertools import compress
 from types import CodeType, FrameType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
 
@@ -134,7 +134,9 @@ def _refresh(table: TrackedTable, sp: ShadowPage) -> None:
         total = 0
         live = set(compress(_INDICES, table)) if table.count(0) != SPTES_PER_PAGE else set()
         if children.count(None) != SPTES_PER_PAGE:
-            live.update(compress(_INDICES, map(is_not, children, repeat(None))))
+            # A child is a ShadowPage (always true: it defines no __bool__/__len__) or None, so
+            # compress() finds the links at C speed.
+            live.update(compress(_INDICES, children))
         for i in live:
             term = _entry_term(i, table[i], children[i])
             if term is not None:
@@ -267,7 +269,7 @@ def scratch_components(world: World) -> Components:
 class FrameCanon:
     """Canonicalises frame locals to deterministic ints and tuples; caches per code object."""
 
-    __slots__ = ("_code", "_drop", "_ids", "volatile")
+    __slots__ = ("_code", "_drop", "_ids", "_loops", "volatile")
 
     def __init__(self) -> None:
         #: exact types of locals that are handles (see DROPPED_TYPES), learnt as they are met
@@ -276,6 +278,8 @@ class FrameCanon:
         self.volatile = NOT_VOLATILE
         #: code -> (its stable id, name -> index in co_varnames, name -> abstraction)
         self._code: dict[CodeType, tuple[int, dict[str, int], dict[str, Abstraction]]] = {}
+        #: code -> the (start, end) offsets of its ``for`` loops whose body yields
+        self._loops: dict[CodeType, tuple[tuple[int, int], ...]] = {}
 
     def str_id(self, text: str) -> int:
         n = self._ids.get(text)
@@ -291,6 +295,27 @@ class FrameCanon:
                     {local: f for (fn, local), f in ABSTRACTIONS.items() if fn == code.co_name})
             self._code[code] = info
         return info
+
+    def yielding_loops(self, code: CodeType) -> tuple[tuple[int, int], ...]:
+        """The offset ranges of ``code``'s ``for`` loops that contain a yield (or a delegation).
+
+        A ``for`` loop's iterator is the only iterator that lives on a protocol frame's value
+        stack across a yield (a local iterator would be refused by :meth:`value`; no expression
+        in the protocol holds one across a yield).  In CPython 3.11 ``FOR_ITER``'s argument is
+        the loop's exit, so the iterator is on the stack exactly while ``f_lasti`` is inside
+        (``FOR_ITER`` offset, exit offset); a frame suspended elsewhere has none, and
+        :func:`~kvmmu.check.state.hidden_iterators` (a ``gc.get_referents`` walk, a third of the
+        cost of hashing a frame) need not run.
+        """
+        loops = self._loops.get(code)
+        if loops is None:
+            instructions = list(dis.get_instructions(code))
+            yields = [i.offset for i in instructions if i.opname in ("YIELD_VALUE", "SEND")]
+            loops = tuple((i.offset, i.argval) for i in instructions
+                          if i.opname == "FOR_ITER" and isinstance(i.argval, int)
+                          and any(i.offset < y < i.argval for y in yields))
+            self._loops[code] = loops
+        return loops
 
     def value(self, v: Any, where: str) -> Any:
         kind = type(v)
@@ -337,9 +362,10 @@ class FrameCanon:
             f"cannot key local {where} of type {kind.__qualname__}; teach kvmmu.check.state about it"
         )
 
-    def frame_hash(self, gen: Any) -> tuple[int, int]:
+    def frame_hash(self, gen: Any, *, exact: bool = False) -> tuple[int, int]:
         """The hash of a generator's frame (code, position, locals, loops in progress) and how it
-        may go stale."""
+        may go stale.  ``exact`` looks for loop iterators on every frame (the reference), not only
+        on frames suspended inside a loop that yields (:meth:`yielding_loops`)."""
         frame: FrameType = gen.gi_frame
         self.volatile = NOT_VOLATILE
         code = frame.f_code
@@ -364,7 +390,11 @@ class FrameCanon:
                         continue
             items.append((index[local], c))
         items.sort()
-        return hash((code_id, frame.f_lasti, hidden_iterators(gen), *items)), self.volatile
+        lasti = frame.f_lasti
+        loops = self.yielding_loops(code)
+        inside = exact or any(a < lasti < b for a, b in loops)
+        iterators = hidden_iterators(gen) if inside else ()
+        return hash((code_id, lasti, iterators, *items)), self.volatile
 
 
 class ThreadHasher:
@@ -392,22 +422,35 @@ class ThreadHasher:
     def ran(self, t: int) -> None:
         self._ran[t] = True
 
-    Seed = tuple[int, int, int] | None
+    #: A thread's hash (hash, volatility, M) and its frames' (hash, volatility, M), outermost
+    #: first; None: not hashed since it ran.
+    Seed = tuple[tuple[int, int, int], tuple[tuple[int, int, int], ...]] | None
 
     def seeds(self) -> tuple[Seed, ...]:
-        """What :meth:`seed` takes: each thread's last hash, to carry into a replay of this run."""
-        return tuple(None if self._ran[t] else h for t, h in enumerate(self._hashes))
+        """What :meth:`adopt` takes: each thread's hash and frame hashes, to carry into a replay."""
+        return tuple(None if self._ran[t] or h is None
+                     else (h, tuple((e[1], e[2], e[3]) for e in chain))
+                     for t, (h, chain) in enumerate(zip(self._hashes, self._chains, strict=True)))
 
-    def seed(self, seeds: tuple[Seed, ...], ran: int) -> None:
-        """Start from another world's hashes of the same schedule prefix, except thread ``ran``.
+    def adopt(self, seeds: tuple[Seed, ...]) -> None:
+        """Take another world's hashes for this world, which is in the same state.
 
-        A replay re-executes the prefix deterministically, so every thread but the one that takes
-        the new step is where it was in the world the hashes come from.
+        A replay re-executes a schedule prefix deterministically, so at the end of it every
+        thread is where it was in the world the seeds come from, frame for frame: each seeded
+        frame hash is paired with this world's generator at the same depth, and only the frames
+        that run afterwards are canonicalised again (a replayed world used to hash every frame of
+        the thread taking the new step from scratch).
         """
         for t, s in enumerate(seeds):
-            if s is not None and t != ran:
-                self._hashes[t] = s
-                self._ran[t] = False
+            if s is None:
+                continue
+            frames_of = s[1]
+            gens = generators(self.world.threads[t].gen)
+            if len(gens) != len(frames_of):
+                raise AssertionError("a replay did not reach the state it was seeded with")
+            self._chains[t] = [(g, *f) for g, f in zip(gens, frames_of, strict=True)]
+            self._hashes[t] = s[0]
+            self._ran[t] = False
 
     def thread_hash(self, t: int, m: int) -> int:
         cached = self._hashes[t]
@@ -463,7 +506,8 @@ def scratch_thread_hash(thread: Thread, canon: FrameCanon | None = None) -> int:
         return hash((thread.op_index,))
     canon = canon or FrameCanon()
     frames(thread.gen)  # checks that every delegate is a generator
-    return hash((thread.op_index, *(canon.frame_hash(g)[0] for g in generators(thread.gen))))
+    return hash((thread.op_index, *(canon.frame_hash(g, exact=True)[0]
+                                    for g in generators(thread.gen))))
 
 
 class Keyer:

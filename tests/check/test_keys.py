@@ -109,9 +109,9 @@ def test_the_key_is_the_same_in_every_process() -> None:
     assert stable_id("access") == stable_id("access") != stable_id("_page_fault")
 
 
-def test_a_replayed_world_adopting_the_seeds_hashes_its_threads_as_from_scratch() -> None:
+def test_a_replayed_world_adopting_the_seeds_hashes_as_from_scratch() -> None:
     # The explorer replays a prefix on a fresh world and adopts the original world's frame hashes
-    # before the prefix's last step; from then on only frames that run are hashed again.
+    # and page terms before the prefix's last step; from then on only what changes is hashed.
     rng = random.Random(3)
     canon = FrameCanon()
     config = CheckConfig("generation", vcpus=2, updates=2, mmio_gen_bits=2, slot_zap="slot")
@@ -122,30 +122,35 @@ def test_a_replayed_world_adopting_the_seeds_hashes_its_threads_as_from_scratch(
         schedule: list[int] = []
         cut = rng.randrange(1, 40)
         seeds = None
+        pages = None
         while not world.all_done() and world.enabled_threads():
             if len(schedule) == cut:
                 keyer.world_hash(keyer.shared.components())
                 seeds = keyer.threads.seeds()
+                pages = keyer.shared.page_seeds()
                 break
             t = rng.choice(world.enabled_threads())
             keyer.ran(t)
             world.step(t)
             schedule.append(t)
-        if seeds is None:
+        if seeds is None or pages is None:
             continue
         replayed = World(config)
         for t in schedule:
             replayed.step(t)
         again = Keyer(replayed, canon)
         again.threads.adopt(seeds)
-        adopted += 1
+        again.shared.adopt(pages)
+        adopted += bool(pages)
         for _ in range(15):
             if replayed.all_done() or not replayed.enabled_threads():
                 break
             t = rng.choice(replayed.enabled_threads())
             again.ran(t)
             replayed.step(t)
-            m = again.token(again.shared.components())
+            parts = again.shared.components()
+            assert parts == scratch_components(replayed)
+            m = again.token(parts)
             for i, thread in enumerate(replayed.threads):
                 assert again.threads.thread_hash(i, m) == scratch_thread_hash(thread)
     assert adopted > 10

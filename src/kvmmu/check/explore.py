@@ -46,13 +46,14 @@ from typing import Final
 from kvmmu.check.keys import (
     FrameCanon,
     Keyer,
+    PageSeeds,
     ThreadHasher,
     symmetric_key,
     symmetry_classes,
     with_context,
 )
 from kvmmu.check.por import Edges, footprint, independent, reads_of
-from kvmmu.check.schedule import FREE_SWITCH_STEPS, is_preemption
+from kvmmu.check.schedule import FREE_SWITCH_STEPS
 from kvmmu.check.world import CheckConfig, Finding, World
 from kvmmu.mmu.steps import BLOCKING_STEPS, Step
 
@@ -150,6 +151,21 @@ class _Node:
     sleep: list[_Sleeper] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Seeds:
+    """What a replay of a node's alternatives takes from the run that pushed them.
+
+    The node's state is the state the replay reaches before its last step, so the frame hashes
+    of every thread (:meth:`ThreadHasher.adopt`), the terms of every page
+    (:meth:`SharedHasher.adopt`) and the shared parts are those of the node: the replayed world
+    need not hash them again from scratch.
+    """
+
+    threads: tuple[ThreadHasher.Seed, ...]
+    pages: PageSeeds
+    parts: list[int]
+
+
 #: (thread, parts it read, parts it wrote, world hash after it, its pending step after it)
 _Sleeper = tuple[int, int, int, int, "Step | None"]
 
@@ -218,9 +234,9 @@ def explore(
     # Shared states whose invariant held: check_state() reads shared state only.
     checked: set[int] = set()
     edges = Edges()
-    # (schedule prefix, preemptions it used, thread hashes before its last step, its node)
-    stack: list[tuple[tuple[int, ...], int, tuple[ThreadHasher.Seed, ...], _Node | None]] = [
-        (tuple(start), start_preemptions, (), None)]
+    # (schedule prefix, preemptions it used, hashes before its last step, its node)
+    stack: list[tuple[tuple[int, ...], int, _Seeds | None, _Node | None]] = [
+        (tuple(start), start_preemptions, None, None)]
     frontier: list[tuple[tuple[int, ...], int]] = []
     failure: Failure | None = None
     # Only vCPU steps are functions of the state key: the VMM's zap loops iterate lists built
@@ -253,17 +269,22 @@ def explore(
         findings: list[Finding] = []
         before: list[int] | None = None  # shared parts before the last step taken
         reads = 0  # the parts the last step taken may read
-        for i, t in enumerate(prefix):
-            if i == len(prefix) - 1:
-                if reduce:
-                    before = keyer.shared.components().parts
-                    reads = reads_of(world, t)
-                if seeds:
-                    keyer.threads.adopt(seeds)
-                keyer.ran(t)
+        if prefix:
+            replay = world.step
+            for t in prefix[:-1]:
+                if replay(t):
+                    raise AssertionError("a replayed prefix failed before its last step")
+            t = prefix[-1]
+            if seeds is not None:
+                keyer.threads.adopt(seeds.threads)
+                keyer.shared.adopt(seeds.pages)
+                before = seeds.parts
+            elif reduce:
+                before = keyer.shared.components().parts
+            if reduce:
+                reads = reads_of(world, t)
+            keyer.ran(t)
             findings = _step(world, t)
-            if findings and i < len(prefix) - 1:
-                raise AssertionError("a replayed prefix failed before its last step")
         stats.steps += len(prefix)
         run.schedule = list(prefix)
         run.last = prefix[-1] if prefix else None
@@ -277,7 +298,10 @@ def explore(
             depth = len(run.schedule)
             components = keyer.shared.components()
             world_hash = keyer.world_hash(components)
-            context = _switch_context(world, run.last) if bounded else None
+            # Switching away from the thread that ran last is a preemption exactly when it is
+            # the scheduler context (it could go on, and not at a natural yield point).
+            switch = _switch_context(world, run.last)
+            context = switch if bounded else None
             key = with_context(world_hash, context)
             if symmetric or keep_states:
                 orbit = symmetric_key(keyer, components, context, classes)
@@ -345,7 +369,7 @@ def explore(
             first: tuple[int, int] | None = None
             alternatives: list[tuple[int, int]] = []
             for t in order:
-                p = run.preemptions + is_preemption(world, run.last, t)
+                p = run.preemptions + (switch is not None and t != switch)
                 if preemptions is not None and p > preemptions:
                     continue
                 sleeper = asleep.get(t)
@@ -371,7 +395,7 @@ def explore(
                 else:
                     alternatives.append((t, p))
             if alternatives:
-                seeds = keyer.threads.seeds()
+                seeds = _Seeds(keyer.threads.seeds(), keyer.shared.page_seeds(), components.parts)
                 here = _Node(world_hash, sleep=list(sleep)) if reduce else None
                 for t, p in alternatives:
                     stack.append(((*run.schedule, t), p, seeds, here))

@@ -76,6 +76,8 @@ S, M, L, Q, H = range(5)
 #: How a frame's hash may go stale: never, when its thread runs, or when memslots change too.
 NOT_VOLATILE, LOCAL, SHARED = range(3)
 _INDICES: Final = range(SPTES_PER_PAGE)
+#: Values remembered by :meth:`FrameCanon.value` before the cache starts again.
+MAX_IMMUTABLE: Final = 100_000
 GLOBAL_PARTS: Final = 5
 
 
@@ -121,6 +123,10 @@ def _entry_term(i: int, spte: int, child: ShadowPage | None) -> int | None:
     if child is not None:
         return hash((i, -1, child.mmu_valid_gen))
     return hash((i, spte)) if spte else None
+
+
+#: hpa -> (total, terms, page term, what the page term was computed from): :meth:`SharedHasher.adopt`
+PageSeeds = dict[int, tuple[int, dict[int, int], int, "tuple[bool, int] | None"]]
 
 
 def _refresh(table: TrackedTable, sp: ShadowPage) -> None:
@@ -201,6 +207,32 @@ class SharedHasher:
         #: but for ``generation``, which is read at every state.
         self._slots_cache: dict[int, tuple[Memslots, int]] = {}
 
+    def page_seeds(self) -> PageSeeds:
+        """Each active page's hashing state, right after :meth:`components` (for :meth:`adopt`)."""
+        out: PageSeeds = {}
+        for hpa, sp in self.vm.kvm.mmu.active.items():
+            table = sp.spt
+            if type(table) is TrackedTable and table.pending is not None and not table.pending:
+                out[hpa] = (table.total, table.terms.copy(), table.page_term, table.page_term_of)
+        return out
+
+    def adopt(self, seeds: PageSeeds) -> None:
+        """Take the page terms of another world in the same state (a replay of its prefix).
+
+        Replays are deterministic, so a page is allocated at the same ``hpa`` and holds the same
+        entries as in the world the seeds come from; adopting its terms spares scanning the
+        512 entries of every page of every replayed world.
+        """
+        for hpa, sp in self.vm.kvm.mmu.active.items():
+            seed = seeds.get(hpa)
+            if seed is None or type(sp.spt) is TrackedTable:
+                continue
+            table = TrackedTable(sp.spt)
+            table.total, terms, table.page_term, table.page_term_of = seed
+            table.terms = terms.copy()
+            table.pending = set()
+            sp.spt = table
+
     def _slots_hash(self, slots: Memslots) -> int:
         hit = self._slots_cache.get(id(slots))
         if hit is not None and hit[0] is slots:
@@ -269,7 +301,7 @@ def scratch_components(world: World) -> Components:
 class FrameCanon:
     """Canonicalises frame locals to deterministic ints and tuples; caches per code object."""
 
-    __slots__ = ("_code", "_drop", "_ids", "_loops", "volatile")
+    __slots__ = ("_code", "_drop", "_ids", "_immutable", "_loops", "volatile")
 
     def __init__(self) -> None:
         #: exact types of locals that are handles (see DROPPED_TYPES), learnt as they are met
@@ -278,6 +310,8 @@ class FrameCanon:
         self.volatile = NOT_VOLATILE
         #: code -> (its stable id, name -> index in co_varnames, name -> abstraction)
         self._code: dict[CodeType, tuple[int, dict[str, int], dict[str, Abstraction]]] = {}
+        #: id -> (value, its canonical form) for values that cannot change (see :meth:`value`)
+        self._immutable: dict[int, tuple[Any, Any]] = {}
         #: code -> the (start, end) offsets of its ``for`` loops whose body yields
         self._loops: dict[CodeType, tuple[tuple[int, int], ...]] = {}
 
@@ -317,17 +351,41 @@ class FrameCanon:
             self._loops[code] = loops
         return loops
 
-    def value(self, v: Any, where: str) -> Any:
+    def value(self, v: Any, where: tuple[str, str]) -> Any:
+        """The canonical form of a local's value (ints and tuples of ints).
+
+        A value whose canonical form took no mutable object (no list, dict, unfrozen dataclass,
+        shadow page or memslot snapshot: ``volatile`` stayed NOT_VOLATILE) keeps that form for
+        its life, so it is remembered by identity (the cache holds the value, so the id is not
+        reused): the VMM's frames hold frozen requests and plans, and every frame enums, that
+        are otherwise taken apart field by field at every state.
+        """
         kind = type(v)
         if kind is int or kind is bool or kind is float:
             return v
         if v is None:
             return NONE
-        if kind is str:
-            return (7, self.str_id(v))
         if kind is ShadowPage:  # role.invalid is set when another thread zaps it
             self.volatile = SHARED
             return (1, v.as_id, v.level, v.gfn, v.mmu_valid_gen, v.invalid)
+        hit = self._immutable.get(id(v))
+        if hit is not None and hit[0] is v:
+            return hit[1]
+        outer = self.volatile
+        self.volatile = NOT_VOLATILE
+        c = self._value(v, where)
+        inner = self.volatile
+        self.volatile = max(outer, inner)
+        if inner == NOT_VOLATILE and c is not _DROP:
+            if len(self._immutable) >= MAX_IMMUTABLE:
+                self._immutable.clear()
+            self._immutable[id(v)] = (v, c)
+        return c
+
+    def _value(self, v: Any, where: tuple[str, str]) -> Any:
+        kind = type(v)
+        if kind is str:
+            return (7, self.str_id(v))
         if kind is Memslot:
             return (2, *memslot_key(v))
         if kind is Memslots:
@@ -359,7 +417,8 @@ class FrameCanon:
                     *(self.value(getattr(v, f.name), where) for f in dataclasses.fields(v)
                       if f.compare))
         raise UnknownLocalError(
-            f"cannot key local {where} of type {kind.__qualname__}; teach kvmmu.check.state about it"
+            f"cannot key local {'.'.join(where)} of type {kind.__qualname__}; "
+            "teach kvmmu.check.state about it"
         )
 
     def frame_hash(self, gen: Any, *, exact: bool = False) -> tuple[int, int]:
@@ -374,6 +433,7 @@ class FrameCanon:
         # The frame's f_locals dict is reused between calls and a local unbound for a while is
         # re-inserted at its end: sort by position in co_varnames, not by dict order.
         items: list[tuple[int, Hashable]] = []
+        canonical = self.value
         for local, value in frame.f_locals.items():
             if abstractions and local in abstractions:
                 c: Any = abstractions[local](value)
@@ -384,15 +444,17 @@ class FrameCanon:
                 elif kind in drop:
                     continue
                 else:
-                    c = self.value(value, f"{code.co_qualname}.{local}")
+                    c = canonical(value, (code.co_qualname, local))
                     if c is _DROP:
                         drop.add(kind)
                         continue
             items.append((index[local], c))
         items.sort()
         lasti = frame.f_lasti
-        loops = self.yielding_loops(code)
-        inside = exact or any(a < lasti < b for a, b in loops)
+        loops = self._loops.get(code)
+        if loops is None:
+            loops = self.yielding_loops(code)
+        inside = exact or (loops and any(a < lasti < b for a, b in loops))
         iterators = hidden_iterators(gen) if inside else ()
         return hash((code_id, lasti, iterators, *items)), self.volatile
 

@@ -21,6 +21,8 @@ def test_measurements_are_plausible(cal: kc.Calibration) -> None:
     # The shadow MMU prefetches neighbours: fewer faults than pages, but some.
     assert 0 < cal.first_touch_pf_taken <= 2048 + 8
     assert cal.mmio_round_trip.median > 0 and cal.exit_to_userspace.median > 0
+    for fig in (cal.host_page_alloc, cal.madvise_present, cal.madvise_empty, cal.null_call):
+        assert fig is not None and len(fig.samples) == 3 and fig.median > 0
     lives = sorted({p.live_ptes for p in cal.memslot})
     assert lives == list(kc.QUICK_PTES)
     for p in cal.memslot:
@@ -141,3 +143,27 @@ def test_one_round_has_no_between_round_spread_to_warn_about() -> None:
 def test_no_rounds_is_an_error() -> None:
     with pytest.raises(ValueError, match="no calibration rounds"):
         kc.quietest_round([])
+
+
+def test_host_page_figures_become_the_map_tests_costs() -> None:
+    import dataclasses
+
+    base = _calibration(14_000, 19_000, 46, (800.0, 820.0, 780.0))
+    assert "host_page_alloc_ns" not in kc.fit_costs(base, default_costs().costs).costs
+    cal = dataclasses.replace(
+        base,
+        host_page_alloc=kc.Figure("host_page_alloc", (1_500.0, 1_510.0, 1_490.0)),
+        madvise_present=kc.Figure("madvise_present", (6_000.0, 6_100.0, 5_900.0)),
+        madvise_empty=kc.Figure("madvise_empty", (1_300.0, 1_310.0, 1_290.0)),
+        null_call=kc.Figure("null_call", (100.0, 101.0, 99.0)),
+    )
+    fit = kc.fit_costs(cal, default_costs().costs)
+    assert fit.problems == ()
+    assert fit.costs["host_page_alloc_ns"] == 1_500
+    assert fit.costs["mmu_notifier_ns"] == 1_200  # the empty call less the null call
+    assert fit.costs["host_unmap_present_ns"] == 4_700
+    assert "madvise" in fit.how["host_pages"]
+    # A present call cheaper than an empty one is a disturbed measurement, not a cost.
+    odd = dataclasses.replace(cal, madvise_present=kc.Figure("madvise_present", (500.0,) * 3))
+    assert any("madvise_present_extra" in p for p in kc.fit_costs(odd, default_costs().costs)
+               .problems)

@@ -158,7 +158,13 @@ def command(
         ),
         (cal.mmio_round_trip, "MMIO exit round trip (Python VMM)"),
         (cal.exit_to_userspace, "exit to userspace (KVM_RUN, immediate_exit)"),
+        (cal.host_page_alloc, "host page faulted in by a guest write (beyond the fault)"),
+        (cal.madvise_present, "madvise(MADV_DONTNEED) of a present, guest-mapped page"),
+        (cal.madvise_empty, "madvise(MADV_DONTNEED) of a dropped page"),
+        (cal.null_call, "a null ctypes call (subtracted from the above)"),
     ):
+        if fig is None:
+            continue
         table.add_row(label, _pm(fig.median, fig.spread), " ".join(_us(s) for s in fig.samples))
     console.print(table)
 
@@ -239,6 +245,16 @@ def _json(
         "first_touch_fault": fig(cal.first_touch) | {"pf_taken": cal.first_touch_pf_taken},
         "mmio_exit_round_trip": fig(cal.mmio_round_trip),
         "exit_to_userspace": fig(cal.exit_to_userspace),
+        **{
+            name: fig(f)
+            for name, f in (
+                ("host_page_alloc", cal.host_page_alloc),
+                ("madvise_present", cal.madvise_present),
+                ("madvise_empty", cal.madvise_empty),
+                ("null_call", cal.null_call),
+            )
+            if f is not None
+        },
         "memslot": [
             {
                 "op": p.op,

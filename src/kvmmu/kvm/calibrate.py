@@ -10,6 +10,14 @@ Design. Each measurement isolates one cost by difference, on the test guest of :
   to the Python VMM and re-enters; (step - empty step) / K.
 * **exit to userspace**: ``KVM_RUN`` with ``immediate_exit`` set: the ioctl round trip from Python
   with no guest entry, the floor under any exit.
+* **host pages** (what ``memslot_perf_test``'s map test does to every page): N one-page
+  ``madvise(MADV_DONTNEED)`` calls on pages that are present and mapped by the guest, the same
+  calls again on the now empty pages, and a guest write to each dropped page: (present - empty)
+  per call is ``host_unmap_present_ns``, the empty call less a null ctypes call is
+  ``mmu_notifier_ns`` (syscall, ``invalidate_range_start/end``), and (first touch of the dropped
+  pages - first touch of populated ones) / N is ``host_page_alloc_ns`` (``get_user_pages()``
+  faulting a zeroed page in).  The vCPU waits in userspace meanwhile, so no TLB-shootdown IPI
+  finds it in guest mode as the selftest's would.
 * **memslot create / move / delete** of a small slot while N shadow PTEs are live (N pages touched
   in another slot, counted by the VM's ``pages_4k`` stat), with ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` on
   (every DELETE/MOVE zaps all shadow pages) and off (only the slot's own).  A move or delete with
@@ -58,6 +66,7 @@ from kvmmu.kvm.harness import RealMachine
 
 PAGE = 4096
 MADV_POPULATE_WRITE = 23
+MADV_DONTNEED = 4
 #: Live-PTE counts of the memslot sweep.
 FULL_PTES: tuple[int, ...] = (0, 1024, 2048, 8192, 16384, 32768)
 QUICK_PTES: tuple[int, ...] = (0, 2048, 8192, 32768)
@@ -124,6 +133,11 @@ class Calibration:
     runs: int
     kernel: str
     notes: dict[str, str] = field(default_factory=dict)
+    #: Host-page figures (:func:`measure_host_pages`); None in calibrations made without them.
+    host_page_alloc: Figure | None = None
+    madvise_present: Figure | None = None
+    madvise_empty: Figure | None = None
+    null_call: Figure | None = None
 
     def point(self, op: str, zap_all: bool, live: int) -> MemslotPoint:
         return next(
@@ -194,6 +208,54 @@ def measure_exit_to_userspace(
     return Figure("exit_to_userspace", tuple(samples))
 
 
+def measure_host_pages(
+    pages: int, runs: int, progress: Progress | None = None
+) -> tuple[Figure, Figure, Figure, Figure]:
+    """ns per: host page faulted in by a guest write (beyond the fault), one-page madvise of a
+    present guest-mapped page, the same of an empty page, and a null ctypes call."""
+    alloc: list[float] = []
+    present: list[float] = []
+    empty: list[float] = []
+    null: list[float] = []
+    madvise = _libc.madvise
+    getppid = _libc.getppid
+    layout = GuestLayout(window=max(64 << 20, 2 * pages * PAGE + (2 << 20)))
+    with RealMachine(layout) as m:
+        mem = m.allocate(pages * PAGE)
+        m.set_user_memory_region(0, 0, 0, mem.size, mem.addr)
+        for _ in range(runs):
+            # Populated host pages, a fresh slot (no shadow PTEs): the plain first touch.
+            m.set_user_memory_region(0, 0, 0, 0, 0)
+            _populate(mem.addr, mem.size)
+            m.set_user_memory_region(0, 0, 0, mem.size, mem.addr)
+            cold = m.touch(0, 0, pages, write=True)
+            warm = m.touch(0, 0, pages, write=True)
+            plain = (cold.elapsed_ns - warm.elapsed_ns) / pages
+            t0 = time.perf_counter_ns()
+            for i in range(pages):
+                madvise(ctypes.c_void_p(mem.addr + i * PAGE), PAGE, MADV_DONTNEED)
+            present.append((time.perf_counter_ns() - t0) / pages)
+            t0 = time.perf_counter_ns()
+            for i in range(pages):
+                madvise(ctypes.c_void_p(mem.addr + i * PAGE), PAGE, MADV_DONTNEED)
+            empty.append((time.perf_counter_ns() - t0) / pages)
+            t0 = time.perf_counter_ns()
+            for _i in range(pages):
+                getppid()
+            null.append((time.perf_counter_ns() - t0) / pages)
+            cold = m.touch(0, 0, pages, write=True)
+            warm = m.touch(0, 0, pages, write=True)
+            alloc.append((cold.elapsed_ns - warm.elapsed_ns) / pages - plain)
+            if progress:
+                progress("host pages", 1)
+    return (
+        Figure("host_page_alloc", tuple(alloc)),
+        Figure("madvise_present", tuple(present)),
+        Figure("madvise_empty", tuple(empty)),
+        Figure("null_call", tuple(null)),
+    )
+
+
 def measure_memslot_ops(
     live_ptes: Sequence[int], zap_all: bool, runs: int, progress: Progress | None = None
 ) -> list[MemslotPoint]:
@@ -249,17 +311,21 @@ def calibrate(
     first, pf = measure_first_touch(2048 if quick else 8192, runs, progress)
     mmio = measure_mmio_round_trip(200 if quick else 1000, runs, progress)
     exit_us = measure_exit_to_userspace(2000 if quick else 10000, runs, progress)
+    alloc, present, empty, null = measure_host_pages(1024 if quick else 4096, runs, progress)
     points: list[MemslotPoint] = []
     for zap_all in (True, False):
         points += measure_memslot_ops(ptes, zap_all, runs, progress)
-    return Calibration(first, pf, mmio, exit_us, tuple(points), runs, platform.release())
+    return Calibration(
+        first, pf, mmio, exit_us, tuple(points), runs, platform.release(),
+        host_page_alloc=alloc, madvise_present=present, madvise_empty=empty, null_call=null,
+    )
 
 
 def work_units(quick: bool, runs: int | None = None, rounds: int = 1) -> int:
     """How many progress units :func:`calibrate_rounds` reports (for a progress bar's total)."""
     r = runs or (3 if quick else 7)
     n = len(QUICK_PTES if quick else FULL_PTES)
-    return rounds * (3 * r + 2 * n * r)
+    return rounds * (4 * r + 2 * n * r)
 
 
 # --- from measurements to the simulation's named costs -----------------------------------------
@@ -313,6 +379,10 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "memslot_create": (1_000, 1_000_000, "KVM_SET_USER_MEMORY_REGION create, no live PTEs: ~14 us here"),
     "publish_and_grace": (0, 100_000, "delete - create: one publish + SRCU grace period, ~5 us here"),
     "zap_slope": (1, 1_000, "delete with the zap-all quirk, per live PTE: ~46 ns here"),
+    "host_page_alloc": (100, 100_000, "a host page faulted in by a guest write: ~15 us here"),
+    "madvise_empty": (100, 100_000, "a one-page madvise(MADV_DONTNEED) of nothing: ~1.5 us here"),
+    "madvise_present_extra": (0, 100_000, "the same of a present, guest-mapped page, more: "
+                              "~2 us here"),
 }
 #: A figure whose MAD exceeds this share of its median is too noisy to fit a cost from.
 MAX_RELATIVE_SPREAD = 0.5
@@ -357,6 +427,15 @@ def fit_costs(cal: Calibration, defaults: Mapping[str, int]) -> Fit:
         "publish_and_grace": create.spread + delete.spread,
         "zap_slope": zap_slope_spread(cal),
     }
+    hp = _host_page_figures(cal)
+    if hp is not None:
+        alloc, present, empty, null = hp
+        raw["host_page_alloc"] = alloc.median
+        raw["madvise_empty"] = empty.median - null.median
+        raw["madvise_present_extra"] = present.median - empty.median
+        spread["host_page_alloc"] = alloc.spread
+        spread["madvise_empty"] = empty.spread + null.spread
+        spread["madvise_present_extra"] = present.spread + empty.spread
     problems: list[str] = []
     for name, value in raw.items():
         lo, hi, why = BOUNDS[name]
@@ -364,7 +443,10 @@ def fit_costs(cal: Calibration, defaults: Mapping[str, int]) -> Fit:
             problems.append(
                 f"{name} = {value:,.1f} ns is outside the plausible {lo:,.0f}..{hi:,.0f} ns ({why})"
             )
-    for fig in (cal.first_touch, cal.mmio_round_trip, cal.exit_to_userspace):
+    checked = [cal.first_touch, cal.mmio_round_trip, cal.exit_to_userspace]
+    if hp is not None:
+        checked += [hp[0], hp[2]]
+    for fig in checked:
         if fig.median > 0 and fig.spread > MAX_RELATIVE_SPREAD * fig.median:
             problems.append(
                 f"{fig.name}: spread {fig.spread:,.0f} ns is over {MAX_RELATIVE_SPREAD:.0%} of the "
@@ -513,11 +595,34 @@ def cpu_model() -> str:
     return f"{name}, {os.cpu_count()} CPUs"
 
 
+def _host_page_figures(cal: Calibration) -> tuple[Figure, Figure, Figure, Figure] | None:
+    if (
+        cal.host_page_alloc is None
+        or cal.madvise_present is None
+        or cal.madvise_empty is None
+        or cal.null_call is None
+    ):
+        return None
+    return cal.host_page_alloc, cal.madvise_present, cal.madvise_empty, cal.null_call
+
+
 def _costs_from(
     cal: Calibration, defaults: Mapping[str, int]
 ) -> tuple[dict[str, int], dict[str, str]]:
     costs: dict[str, int] = {}
     how: dict[str, str] = {}
+    hp = _host_page_figures(cal)
+    if hp is not None:
+        alloc, present, empty, null = hp
+        costs["host_page_alloc_ns"] = max(0, round(alloc.median))
+        costs["mmu_notifier_ns"] = max(1, round(empty.median - null.median))
+        costs["host_unmap_present_ns"] = max(0, round(present.median - empty.median))
+        how["host_pages"] = (
+            f"guest write to a dropped page {alloc.median:.0f} ns more than to a populated one; "
+            f"one-page madvise(MADV_DONTNEED) {empty.median:.0f} ns empty (less a "
+            f"{null.median:.0f} ns null ctypes call), {present.median:.0f} ns present and "
+            "guest-mapped, the vCPU waiting in userspace (no shootdown IPI into guest mode)"
+        )
     f = cal.first_touch.median
     base = sum(defaults[n] for n in FAULT_PARTS)
     for n in FAULT_PARTS:

@@ -72,7 +72,7 @@ def test_a_calibrated_profile_fills_the_columns_and_says_where_it_was_measured(
     assert value["calibrated_ok"] is False
     note = next(n for n in row["notes"] if n.startswith("calibrated off by more than 25 %"))
     assert "calibrated: Test CPU, 2 CPUs, kernel 9.9" in note
-    assert "the calibration changed shadow_page_visited_ns" in note
+    assert "the calibration changed shadow_page_visited_ns 25 -> 50 ns" in note
 
 
 @pytest.mark.kvm

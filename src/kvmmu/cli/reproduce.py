@@ -104,11 +104,23 @@ def _measure(console: Console) -> tuple[CostModel, dict[str, Any]]:
 
 
 def _this_machine() -> str:
+    """CPU, kernel, and the KVM module and MMU the calibration would measure (sysfs)."""
     import platform
+    from pathlib import Path
 
     from kvmmu.kvm.calibrate import cpu_model
 
-    return f"{cpu_model()}, kernel {platform.release()}"
+    parts = [cpu_model(), f"kernel {platform.release()}"]
+    modules = Path("/sys/module")
+    kvm = [m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if (modules / m).exists()]
+    if kvm:
+        parts.append(f"KVM module {', '.join(kvm)}")
+    try:
+        tdp = (modules / "kvm" / "parameters" / "tdp_mmu").read_text().strip()
+        parts.append("TDP MMU" if tdp == "Y" else "shadow MMU (tdp_mmu=N)")
+    except OSError:
+        pass
+    return ", ".join(parts)
 
 
 @click.command("reproduce")

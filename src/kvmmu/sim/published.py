@@ -53,8 +53,8 @@ costs each row rests on (:attr:`Row.depends`) and which of them the calibration 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kvmmu.sim import experiments as ex
@@ -136,6 +136,8 @@ class RowResult:
     calibrated_changed: tuple[str, ...] | None = None
     #: Where the calibrated profile was measured (its [source] cpu and kernel), if it says.
     calibrated_host: str = ""
+    #: Each changed cost's (default, calibrated) ns, for the note.
+    calibrated_values: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def calibration_note(self) -> str | None:
         """Why the calibrated column is off by more than the tolerance, when it is."""
@@ -146,7 +148,9 @@ class RowResult:
         parts = [f"published: {self.row.host or 'host not named by the source'}; calibrated: "
                  f"{self.calibrated_host or 'the profile does not say where'}"]
         if changed:
-            parts.append(f"the calibration changed {', '.join(changed)}")
+            parts.append("the calibration changed " + ", ".join(
+                f"{c} {self.calibrated_values[c][0]:,} -> {self.calibrated_values[c][1]:,} ns"
+                if c in self.calibrated_values else c for c in changed))
         if kept:
             parts.append(f"kept the defaults for {', '.join(kept)} (not measured by "
                          "kvmmu calibrate)")
@@ -394,6 +398,8 @@ def reproduce(costs: CostModel, calibrated: CostModel | None = None,
             raise ValueError(f"unknown row {k!r}; choose from {', '.join(r.key for r in ROWS)}")
     changed = (None if calibrated is None else
                tuple(n for n in calibrated.costs if calibrated[n] != costs[n]))
+    values_of = ({} if calibrated is None else
+                 {n: (costs[n], calibrated[n]) for n in changed or ()})
     out = []
     for row in ROWS:
         if keys and row.key not in keys:
@@ -406,7 +412,7 @@ def reproduce(costs: CostModel, calibrated: CostModel | None = None,
             Value(label, pub, unt, None if cal is None else cal[i])
             for i, (label, pub, unt) in enumerate(zip(row.labels, row.published_s, untuned,
                                                       strict=True)))
-        out.append(RowResult(row, values, changed, calibrated_host(calibrated)))
+        out.append(RowResult(row, values, changed, calibrated_host(calibrated), values_of))
     return out
 
 

@@ -1,8 +1,17 @@
 """States per second of ``kvmmu check`` on the configurations its tests and issue 5 name.
 
 For each configuration: the exhaustive search (preemption bound, state caching) runs once and the
-line gives states explored, schedules run, wall and CPU time, states per CPU second (the machines
-are shared: CPU time is the figure that does not depend on the neighbours) and the verdict.  Races are
+line gives states explored, worlds explored, schedules run, wall and CPU time, states per CPU
+second (the machines are shared: CPU time is the figure that does not depend on the neighbours)
+and the verdict.
+
+What is counted.  A *state* is what the visited set holds: the world (shared state and every
+thread's frames) and, under a preemption bound, the scheduler context (the thread that ran last,
+when switching away from it would be a preemption) -- the figure this benchmark has always
+printed.  A *world* is the state without the context.  The reduced search cuts a state whose world
+was explored from a context no worse (:mod:`kvmmu.check.explore`), so it explores fewer states
+than before for the same worlds: compare ``--full``'s states (every (world, context) pair the
+bounded search can reach) with the reduced line's, and the worlds of both (equal).  Races are
 expected where the strategy is broken; the ``zap-*`` lines show the model bug reported with the
 explorer (a stale per-vCPU MMIO cache after the ioctl returns).  Figures, never assertions.
 
@@ -45,7 +54,7 @@ def row(label: str, config: CheckConfig, bound: int | None, *, reduce: bool = Tr
         verdict += f", stopped by the {s.stopped} with {s.queue:,} runs queued"
     b = "none" if bound is None else str(bound)
     print(f"{label:46s} bound {b:>4s} {'reduced' if reduce else 'full':7s} {s.states:>9,d} "
-          f"states {s.schedules:>8,d} schedules {s.sleep_pruned:>8,d} cut "
+          f"states {s.worlds:>9,d} worlds {s.schedules:>8,d} schedules {s.sleep_pruned:>8,d} cut "
           f"{wall:7.2f} s wall {cpu:7.2f} s CPU {s.states / max(cpu, 1e-9):>8,.0f} states/CPU-s  "
           f"{verdict}", flush=True)
 

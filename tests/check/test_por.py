@@ -36,6 +36,19 @@ def test_the_reduced_search_reaches_the_same_states_in_fewer_runs(config: CheckC
     assert reduced.stats.schedules < full.stats.schedules
 
 
+def test_a_world_explored_from_a_context_no_worse_stands_for_the_others() -> None:
+    # Under a preemption bound the key holds the thread that ran last; a world explored with no
+    # such context (or with one and fewer preemptions) cuts the same world reached with another.
+    config = CheckConfig("generation", vcpus=2, updates=2)
+    full = explore(config, preemptions=1, reduce=False, keep_states=True)
+    reduced = explore(config, preemptions=1, reduce=True, keep_states=True, verify_sleep=True)
+    assert full.states is not None and full.stats.context_pruned == 0
+    assert reduced.stats.context_pruned > 0
+    assert reduced.states == full.states
+    assert reduced.stats.worlds == full.stats.worlds == len(full.states)
+    assert reduced.stats.states < full.stats.states
+
+
 @pytest.mark.parametrize(("config", "bound", "kinds"), [
     (CheckConfig("generation-3.11+tagged-cache", vcpus=1, updates=1), 1, {"stale-mmio-spte"}),
     (CheckConfig("generation-3.11+tagged-cache", vcpus=2, updates=2), 2,

@@ -82,7 +82,8 @@ class Shards:
 
 
 def _merge(total: Stats, part: Stats) -> None:
-    for name in ("schedules", "completed", "steps", "pruned", "sleep_pruned", "cut", "wrap_runs"):
+    for name in ("schedules", "completed", "steps", "pruned", "context_pruned", "sleep_pruned",
+                 "cut", "wrap_runs"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
 
 
@@ -156,7 +157,9 @@ def explore_distributed(
             for f in futures:
                 f.cancel()
             break
-    stats.states = len(shards)
+    # The merged visited set holds worlds (orbits without the scheduler context: Result.states),
+    # so here states and worlds are the same count.
+    stats.states = stats.worlds = len(shards)
     return Result("distributed", stats, failure, failure is None and not left, preemptions,
                   max_depth, states=shards.all())
 

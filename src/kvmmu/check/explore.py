@@ -22,7 +22,19 @@ choices on a stack, each to be a later run's prefix.
   what partial-order reduction (DPOR, Flanagan and Godefroid, POPL 2005) gives without a
   dependency relation between steps that would have to be kept in sync with the protocol code.
   ``max_depth`` is otherwise a safety cap; schedules it cuts are counted and make the result
-  incomplete.
+  incomplete.  Without a bound, preemptions are not counted at all, so a state is explored once.
+* *Domination across scheduler contexts* (with ``reduce``, under a preemption bound and when the
+  depth is not a bound): the context only prices the next switch.  A world explored with no
+  context (switching is free) and p preemptions used can do everything, within the bound, that
+  the same world with thread c as context and p' >= p can do; and with any context c and p, what
+  it can do with another context d and p' >= p + 1 (the first switch costs at most one
+  preemption more).  So a state is also cut when its world, without the context, was explored
+  at such a point: the search reaches the same worlds (the same shared state and threads; the
+  checks are functions of the world) in fewer runs.  This is the subsumption of bounded
+  searches (a state reached with more budget left covers one reached with less; cf. the
+  "(state, budget)" caching of CHESS's preemption-bounded search, Musuvathi and Qadeer, PLDI
+  2007, sec. 4) applied to the context, which the budget test depends on only for one step.
+  ``Stats.states`` still counts (world, context) pairs explored; ``Stats.worlds`` the worlds.
 * *Random mode* follows PCT (Burckhardt et al., ASPLOS 2010): random thread priorities and
   ``preemptions`` priority-change points per schedule, so a bug that needs d ordering constraints
   is hit with probability at least 1/(n k^(d-1)) per schedule rather than by luck.  A vCPU that
@@ -58,6 +70,7 @@ from kvmmu.check.world import CheckConfig, Finding, World
 from kvmmu.mmu.steps import BLOCKING_STEPS, Step
 
 DEFAULT_MAX_DEPTH: Final = 2000
+_NEVER: Final = 1 << 30  # "no such exploration" in a world's front
 
 
 @dataclass(slots=True)
@@ -69,6 +82,8 @@ class Stats:
     completed: int = 0  # runs in which every thread finished
     steps: int = 0  # steps executed, replays included
     pruned: int = 0  # runs cut at a state already explored
+    context_pruned: int = 0  # of which: the same world explored from a context no worse
+    worlds: int = 0  # distinct worlds explored (states without the scheduler context)
     sleep_pruned: int = 0  # transitions not taken: known to lead to a state already explored
     queue: int = 0  # alternatives waiting on the stack
     stopped: str | None = None  # why the search stopped before the end ("time limit")
@@ -214,16 +229,17 @@ def explore(
 
     ``depth_is_bound`` makes ``max_depth`` a bound the state cache respects (a state is explored
     again when reached at a smaller depth); otherwise it is only a safety cap.  ``reduce`` turns
-    on the sleep sets (:mod:`kvmmu.check.por`); it never changes the set of states reached.
+    on the sleep sets (:mod:`kvmmu.check.por`) and the domination across scheduler contexts
+    (module docstring); neither changes the set of worlds reached.
     ``verify_sleep`` (for tests) replays every transition a sleep set cut and checks that it
-    leads where the sleep set said; ``keep_states`` returns the keys of the states reached, each
-    as the key of its orbit under vCPU symmetry whether or not ``symmetry`` is on (so that the two
-    searches can be compared).  ``start`` (a schedule, with the preemptions it used) is where
-    the search begins; ``frontier_depth`` stops every run at that depth and returns where it
-    stopped as ``Result.frontier`` (the distributed search's prefix tasks).  ``time_limit``
-    (seconds) stops the search between runs; the result is then incomplete.  ``symmetry``
-    identifies states that differ only by a permutation of vCPUs running the same script
-    (:func:`kvmmu.check.keys.symmetric_key`).
+    leads where the sleep set said; ``keep_states`` returns the keys of the worlds reached (states
+    without the scheduler context), each as the key of its orbit under vCPU symmetry whether or
+    not ``symmetry`` is on (so that any two searches can be compared).  ``start`` (a schedule,
+    with the preemptions it used) is where the search begins; ``frontier_depth`` stops every run
+    at that depth and returns where it stopped as ``Result.frontier`` (the distributed search's
+    prefix tasks).  ``time_limit`` (seconds) stops the search between runs; the result is then
+    incomplete.  ``symmetry`` identifies states that differ only by a permutation of vCPUs
+    running the same script (:func:`kvmmu.check.keys.symmetric_key`).
     """
     stats = Stats()
     t0 = time.perf_counter()
@@ -251,10 +267,24 @@ def explore(
     # concrete worlds (a thread index means a vCPU), so their cuts look up concrete states.
     concrete: dict[int, tuple[tuple[int, int], ...]] = {} if symmetric else visited
     reached: set[int] = set()
+    # Domination across scheduler contexts (see the module docstring): world (orbit, without the
+    # context) -> the fewest preemptions it was explored with from no context, and from any.
+    cross = reduce and bounded and not depth_is_bound
+    wfront: dict[int, tuple[int, int]] = {}
+    wconcrete: dict[int, tuple[int, int]] = {} if symmetric else wfront
+    worlds: set[int] = set()
 
-    def dominated(key: int, point: tuple[int, int]) -> bool:
-        front = concrete.get(key)
-        return front is not None and any(p <= point[0] and d <= point[1] for p, d in front)
+    def dominated(world_hash: int, after: int | bool | None, point: tuple[int, int]) -> bool:
+        """Whether the concrete world reached with context ``after`` (False: not known) and
+        ``point`` was explored with no more preemptions (and depth)."""
+        if after is not False:
+            front = concrete.get(with_context(world_hash, after))
+            if front is not None and any(p <= point[0] and d <= point[1] for p, d in front):
+                return True
+        if cross:
+            wf = wconcrete.get(world_hash)
+            return wf is not None and (wf[0] <= point[0] or wf[1] < point[0])
+        return False
 
     deadline = None if time_limit is None else t0 + time_limit
     while stack and failure is None:
@@ -303,18 +333,18 @@ def explore(
             switch = _switch_context(world, run.last)
             context = switch if bounded else None
             key = with_context(world_hash, context)
-            if symmetric or keep_states:
-                orbit = symmetric_key(keyer, components, context, classes)
-                if keep_states:
-                    reached.add(orbit)
-                if symmetric:
-                    point = (run.preemptions, depth if depth_is_bound else 0)
-                    cfront = concrete.get(key)
-                    if cfront is None or not any(p <= point[0] and d <= point[1]
-                                                 for p, d in cfront):
-                        concrete[key] = (*(q for q in cfront or ()
-                                           if not (point[0] <= q[0] and point[1] <= q[1])), point)
-                    key = orbit
+            world_key = (symmetric_key(keyer, components, None, classes) if symmetric
+                         else world_hash)
+            if keep_states:  # orbits whether or not symmetry is on: comparable across searches
+                reached.add(world_key if symmetric else
+                            symmetric_key(keyer, components, None, classes))
+            if symmetric:
+                point = (run.preemptions, depth if depth_is_bound else 0)
+                cfront = concrete.get(key)
+                if cfront is None or not any(p <= point[0] and d <= point[1] for p, d in cfront):
+                    concrete[key] = (*(q for q in cfront or ()
+                                       if not (point[0] <= q[0] and point[1] <= q[1])), point)
+                key = symmetric_key(keyer, components, context, classes)
             if reduce and run.last is not None and before is not None:
                 # Book the step just taken: its footprint, where it led, and wake the sleepers
                 # that depend on it.
@@ -337,6 +367,21 @@ def explore(
             if front is not None and any(p <= point[0] and d <= point[1] for p, d in front):
                 stats.pruned += 1
                 break
+            if cross:
+                wf = wfront.get(world_key)
+                if wf is not None and (wf[0] <= point[0] or wf[1] < point[0]):
+                    stats.pruned += 1
+                    stats.context_pruned += 1
+                    break
+                p0 = point[0]
+                nf = (p0 if context is None else _NEVER, p0) if wf is None else (
+                    min(wf[0], p0) if context is None else wf[0], min(wf[1], p0))
+                wfront[world_key] = nf
+                if symmetric:
+                    cf = wconcrete.get(world_hash)
+                    wconcrete[world_hash] = nf if cf is None else (min(cf[0], nf[0]),
+                                                                    min(cf[1], nf[1]))
+            worlds.add(world_key)
             if front is None:
                 visited[key] = (point,)
                 stats.states += 1
@@ -369,7 +414,8 @@ def explore(
             first: tuple[int, int] | None = None
             alternatives: list[tuple[int, int]] = []
             for t in order:
-                p = run.preemptions + (switch is not None and t != switch)
+                # Without a bound preemptions are not counted: a state is explored once.
+                p = run.preemptions + (bounded and switch is not None and t != switch)
                 if preemptions is not None and p > preemptions:
                     continue
                 sleeper = asleep.get(t)
@@ -384,8 +430,7 @@ def explore(
                     # Where t leads is known (the same world stepped before, or a sleep set's
                     # commuted order): cut it if that state was reached with no more preemptions.
                     after = _context_after(t, known[1]) if bounded else None
-                    if after is not False and dominated(
-                            with_context(known[0], after), (p, depth + 1 if depth_is_bound else 0)):
+                    if dominated(known[0], after, (p, depth + 1 if depth_is_bound else 0)):
                         stats.sleep_pruned += 1
                         if verify_sleep:
                             checks.append(((*run.schedule, t), known[0], source))
@@ -417,11 +462,13 @@ def explore(
         if progress is not None and stats.schedules % progress_every == 0:
             stats.elapsed = time.perf_counter() - t0
             stats.queue = len(stack)
+            stats.worlds = len(worlds)
             progress(stats)
     for schedule, expected, source in checks:
         _verify_cut(config, canon, schedule, expected, source)
     stats.elapsed = time.perf_counter() - t0
     stats.queue = len(stack)
+    stats.worlds = len(worlds)
     if progress is not None:
         progress(stats)
     return Result(

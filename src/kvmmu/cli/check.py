@@ -169,8 +169,9 @@ def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None
 
 
 def _stats_json(stats: Stats) -> dict[str, Any]:
-    return {"states": stats.states, "schedules": stats.schedules, "completed": stats.completed,
-            "steps": stats.steps, "pruned": stats.pruned, "sleep_pruned": stats.sleep_pruned,
+    return {"states": stats.states, "worlds": stats.worlds, "schedules": stats.schedules,
+            "completed": stats.completed, "steps": stats.steps, "pruned": stats.pruned,
+            "context_pruned": stats.context_pruned, "sleep_pruned": stats.sleep_pruned,
             "cut": stats.cut, "queue": stats.queue, "stopped": stats.stopped,
             "seconds": round(stats.elapsed, 3),
             "states_per_second": round(stats.states_per_second, 1)}
@@ -224,8 +225,9 @@ def _mode_text(result: Result) -> str:
 @click.option("--budget", type=click.FloatRange(0), default=20.0, show_default=True,
               help="Seconds allowed for minimising a counterexample.")
 @click.option("--no-reduce", is_flag=True,
-              help="Turn the partial-order reduction off (sleep sets certified by the state "
-                   "cache; it reaches the same states in fewer runs).")
+              help="Turn the reductions off (sleep sets certified by the state cache, and a "
+                   "world explored from one scheduler context standing for the others it "
+                   "dominates; they reach the same worlds in fewer runs).")
 @click.option("--no-symmetry", is_flag=True,
               help="Tell apart states that differ only by swapping vCPUs running the same "
                    "script (by default one of them stands for all).")
@@ -363,10 +365,12 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
     else:
         out.print(f"kvmmu check: {config.summary()}")
         out.print(f"mode: {_mode_text(result)}")
-        out.print(f"states explored: {stats.states}  schedules run: {stats.schedules}  "
-                  f"time: {stats.elapsed:.2f} s  ({stats.states_per_second:,.0f} states/s)")
-        out.print(f"pruned: {stats.pruned} at visited states, {stats.sleep_pruned} by the "
-                  f"partial-order reduction")
+        out.print(f"states explored: {stats.states} ({stats.worlds} worlds)  schedules run: "
+                  f"{stats.schedules}  time: {stats.elapsed:.2f} s  "
+                  f"({stats.states_per_second:,.0f} states/s)")
+        out.print(f"pruned: {stats.pruned} at visited states ({stats.context_pruned} explored "
+                  f"from another scheduler context), {stats.sleep_pruned} by the partial-order "
+                  f"reduction")
         if stats.stopped is not None:
             out.print(f"stopped by the {stats.stopped}: the search is not exhaustive")
         if ce is None:

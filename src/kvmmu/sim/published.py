@@ -15,10 +15,11 @@ the model lacks, a different host), which is the issue-worthy note the issue ask
 
 Sources (each row cites its own):
 
-* Xiao Guangrong, "KVM: MMU: fast zap all shadow pages" (kvm list, 2013; merged for 3.11,
-  5304b8d37c2a and the series), cover letter: delete + add of a memslot, 6 vCPUs, 2 GiB guest,
-  all vCPUs waiting, mean of 10 runs: 46,078,825 ns before, 21,558,774 ns after (the design
-  note's section 3).
+* Xiao Guangrong, "KVM: MMU: fast zap all shadow pages" cover letter (kvm list, 13 March 2013,
+  <514006AC.2020904@linux.vnet.ibm.com>): delete + add of a memslot, "Guest VCPU:6, Mem:2048M",
+  all vCPUs waiting, "Run 10 times": 46,078,825 ns before, 21,558,774 ns after.  That "after" is
+  the letter's first design (drop the mmu-cache and rmaps wholesale), not the generation scheme
+  merged for 3.11 (5304b8d37c2a), which the model runs.
 * Takuya Yoshikawa, 982b3394dd23 "KVM: x86: Optimize mmio spte zapping when creating/moving
   memslot" (3.10): ``kvm_mmu_zap_mmio_sptes()`` takes about 50 us on a 4 GiB guest (design note
   section 1).
@@ -29,9 +30,7 @@ Sources (each row cites its own):
   in the v2 cover letter, <cover.1618322001.git.maciej.szmigiero@oracle.com> (13 April 2021,
   "tested on a Xeon 8167M machine"): per test, before and after, at 10, 30, 50, 100, 509 and 32k
   slots (the map test at its maximum of 8194), "with TDP MMU disabled (that is, with the default
-  setting)", each figure the selftest's "Best runtime" per iteration.  The fast zap-all cover
-  letter's own text was not found (searched: the kvm list archives and patchwork mirrors in the
-  search tool's corpora, by its figures); its figures are the design note's.
+  setting)", each figure the selftest's "Best runtime" per iteration.
 * ChromeOS: Sean Christopherson, "KVM: x86/mmu: Stop zapping invalidated TDP MMU roots
   asynchronously", mainline 0df9dab891ff (v6.6), <20230916003916.2545000-4-seanjc@google.com> in
   the series "Drop async zapping of TDP MMU roots" <20230916003916.2545000-1-seanjc@google.com>
@@ -289,18 +288,26 @@ _FAULT = ("guest_access_ns", "vmexit_ns", "slow_path_fault_ns", "memslot_lookup_
 
 ROWS: Final[tuple[Row, ...]] = (
     Row("fast-zap-2013",
-        "Xiao Guangrong, 'KVM: MMU: fast zap all shadow pages' cover letter, kvm list 2013 "
-        "(3.11: 5304b8d37c2a)",
-        "delete + add of a memslot, 6 vCPUs, 2 GiB guest, all vCPUs waiting (no mmu_lock "
-        "contention), mean of 10 runs",
+        "Xiao Guangrong, '[PATCH] KVM: MMU: fast zap all shadow pages' cover letter, kvm list, "
+        "13 March 2013, <514006AC.2020904@linux.vnet.ibm.com> (https://lore-kernel.gnuweeb.org/"
+        "all/514006AC.2020904@linux.vnet.ibm.com/1-a.txt); the series merged for 3.11 as "
+        "5304b8d37c2a 'KVM: MMU: fast invalidate all pages' after seven revisions",
+        "'The attached testcase is used to measure the time of delete / add memslot. At that "
+        "time, all vcpus are waiting, that means, no mmu-lock contention ... Guest VCPU:6, "
+        "Mem:2048M ... Run 10 times' (the letter's words)",
         ("before (3.10)", "after (3.11)"), (46_078_825e-9, 21_558_774e-9), _fast_zap,
         "scenario fast-zap-2013 (6 idle vCPUs, 2 GiB prefaulted, remap of a 16 MiB slot): "
         "zap-mmio-3.10 with kvm_mmu_zap_all on delete, then generation-3.11 with the fast zap",
-        "both kernels free the same shadow pages at the same per-page cost in the model "
-        "(shadow_page_freed_ns + spte_zapped_ns per live entry), so it shows no halving; what "
-        "made 3.11's zap cheaper per page (the obsolete pages zapped in batches with one commit "
-        "each, children freed with their parent) is not charged differently: missing mechanism",
-        host="not named in the figures quoted (a 2013 x86 host with EPT)",
+        "the letter's 'after' is its own first design -- 'directly zap the mmu-cache and rmap "
+        "so that vcpu will fault on the new mmu-cache, after that, we can directly free the "
+        "memory used by old mmu-cache' -- which skips each page's rmap and parent-pte unlinking; "
+        "3.11 merged instead 5304b8d37c2a, the generation bump with the obsolete pages still "
+        "zapped one by one (kvm_mmu_prepare_zap_page() unlinks every rmap, under lock breaks), "
+        "and the model runs what was merged: the same per-page work before and after "
+        "(shadow_page_freed_ns + spte_zapped_ns per live entry), so no halving.  Modelling the "
+        "unmerged v1 would need a strategy of its own (mmu/): missing mechanism, of a design "
+        "no kernel shipped",
+        host="not named in the letter (a 2013 x86 host with EPT)",
         depends=("spte_zapped_ns", "shadow_page_freed_ns", "memslot_ioctl_ns")),
     Row("zap-mmio-3.10",
         "Takuya Yoshikawa, 982b3394dd23 'KVM: x86: Optimize mmio spte zapping when "

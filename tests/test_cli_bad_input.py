@@ -292,6 +292,8 @@ BAD: list[tuple[list[str], str]] = [
     (["check", "--scenario", "missing.toml"], "missing.toml"),
     (["check", "--scenario", "syntax.toml"], "syntax.toml"),
     (["check", "--slot-zap", "x"], "--slot-zap"),
+    (["check", "--mmu", "ept"], "--mmu"),
+    (["check", "-s", "generation-3.18", "--mmu", "tdp"], "--mmu tdp"),
     (["check", "--bogus"], "--bogus"),
     (["check", "--time-limit", "0"], "--time-limit"),
     (["check", "--time-limit", "nan"], "--time-limit"),

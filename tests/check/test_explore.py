@@ -11,7 +11,7 @@ import pytest
 from kvmmu.check.explore import explore, explore_random
 from kvmmu.check.scenario import DEFAULT_SCENARIO, Scenario, Script
 from kvmmu.check.schedule import run_schedule
-from kvmmu.check.world import CheckConfig, Finding, World
+from kvmmu.check.world import CheckConfig, ConfigError, Finding, World
 from kvmmu.mmu.invalidation import STRATEGIES
 
 ORACLE_KINDS = {"stale-mmio-spte", "stale-mmio-cache", "stale-mmio", "stale-ram-spte",
@@ -163,3 +163,32 @@ def test_the_final_state_is_checked() -> None:
     assert result.failure is not None
     world = run_schedule(config, result.failure.schedule, complete=False).world
     assert world.all_done()
+
+
+# --- the TDP MMU explored: faults under the read lock, SPTEs installed with cmpxchg, the 5.13+
+# teardown of zapped roots under the read lock (v5.12.9 direct_page_fault(), v6.8
+# kvm_tdp_mmu_map() and kvm_mmu_zap_all_fast()).  The explorer drives the same fault code.
+
+
+@pytest.mark.parametrize("strategy", ["generation", "zap-all-fast"])
+def test_the_tdp_mmu_passes_two_vcpus_two_accesses_two_updates(strategy: str) -> None:
+    result = explore(CheckConfig(strategy, vcpus=2, updates=2, tdp_mmu=True), preemptions=1)
+    assert result.failure is None, result.failure.findings
+    assert result.complete and result.stats.states > 10_000
+
+
+def test_under_the_tdp_mmu_the_broken_variants_are_still_found() -> None:
+    wrap = explore(CheckConfig("generation+no-wrap-zap", vcpus=1, mmio_gen_bits=2, slot_zap="slot",
+                               updates=3, tdp_mmu=True), preemptions=0)
+    cache = explore(CheckConfig("generation+cache-without-gen", vcpus=2, updates=1, tdp_mmu=True),
+                    preemptions=1)
+    assert wrap.failure is not None and cache.failure is not None
+    assert "stale-mmio-spte" in {f.kind for f in wrap.failure.findings}
+    assert "stale-mmio-cache" in {f.kind for f in cache.failure.findings}
+
+
+def test_the_tdp_mmu_config_rebuilds_itself_and_needs_a_kernel_that_had_one() -> None:
+    config = CheckConfig("generation", tdp_mmu=True)
+    assert config.command_args()[-2:] == ["--mmu", "tdp"] and "TDP MMU" in config.summary()
+    with pytest.raises(ConfigError, match="no TDP MMU"):
+        CheckConfig("generation-3.18", tdp_mmu=True).validate()

@@ -23,13 +23,15 @@ from kvmmu.check.world import CheckConfig, World
 from kvmmu.mmu.invalidation import STRATEGIES
 
 
-@pytest.mark.parametrize("strategy", [*STRATEGIES, "generation+no-wrap-zap"])
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "generation+no-wrap-zap", "generation@tdp"])
 def test_the_incremental_key_equals_the_key_from_scratch_on_random_runs(strategy: str) -> None:
     rng = random.Random(strategy)
     canon = FrameCanon()
     steps = 0
+    strategy, _, mmu = strategy.partition("@")  # NAME@tdp: its TDP MMU
     for slot_zap in ("all", "slot"):
-        config = CheckConfig(strategy, vcpus=2, updates=3, mmio_gen_bits=2, slot_zap=slot_zap)
+        config = CheckConfig(strategy, vcpus=2, updates=3, mmio_gen_bits=2, slot_zap=slot_zap,
+                             tdp_mmu=mmu == "tdp")
         for _ in range(12):
             world = World(config)
             keyer = Keyer(world, canon)

@@ -110,3 +110,13 @@ def test_symmetry_keeps_the_bugs(config: CheckConfig, bound: int, kind: str) -> 
     assert full.failure is not None and reduced.failure is not None
     assert kind in {f.kind for f in reduced.failure.findings}
     assert {f.kind for f in reduced.failure.findings} == {f.kind for f in full.failure.findings}
+
+
+def test_under_the_tdp_mmu_the_reduced_search_reaches_the_same_states() -> None:
+    # Readers of mmu_lock are part of the lock's shared state (L) and of each vCPU's (V_i): a read
+    # acquisition and a write acquisition do not commute, two read acquisitions do.
+    config = CheckConfig("generation", vcpus=2, updates=1, tdp_mmu=True)
+    full = explore(config, preemptions=1, reduce=False, keep_states=True)
+    reduced = explore(config, preemptions=1, reduce=True, keep_states=True, verify_sleep=True)
+    assert full.failure is None and reduced.failure is None
+    assert reduced.states == full.states and full.states

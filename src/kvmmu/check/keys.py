@@ -268,10 +268,15 @@ class SharedHasher:
         m = hash((memslots.updating, *((sl.generation, self._slots_hash(sl))
                                        for sl in memslots.active)))
         lock = mmu.lock.holder
+        # Read holders of mmu_lock (the TDP MMU's faults, the 5.13+ root teardown) are part of
+        # the lock's state (L): a writer's MMU_LOCK step reads them.
+        shared = mmu.lock.readers
+        lcode = _holder_code(lock) if not shared else hash((
+            _holder_code(lock), *sorted(r.id if type(r) is VcpuArch else -1 for r in shared)))
         srcu = kvm.srcu
         waiting = srcu.waiting_for
         q = -1 if waiting is None else 1
-        parts = [s, m, _holder_code(lock), q, hash(vm.host_memory.key())]
+        parts = [s, m, lcode, q, hash(vm.host_memory.key())]
         readers = srcu.readers
         for v in vm.vcpus:
             a = v.arch
@@ -586,8 +591,11 @@ class Keyer:
 
     def token(self, components: Components) -> int:
         """What the shared objects frames hold may change with: memslot snapshots (M) and pages
-        being zapped (``role.invalid``, set as a page is freed, counted by ``mmu_shadow_zapped``)."""
-        return hash((components.parts[M], self.shared.vm.kvm.mmu.stats.mmu_shadow_zapped))
+        being zapped (``role.invalid``, set as a page is freed, counted by ``mmu_shadow_zapped``,
+        or on every root at once by the TDP MMU's ``kvm_mmu_zap_all_fast()``, counted by
+        ``zap_all_fast``)."""
+        stats = self.shared.vm.kvm.mmu.stats
+        return hash((components.parts[M], stats.mmu_shadow_zapped, stats.zap_all_fast))
 
     def world_hash(self, components: Components) -> int:
         """Shared state and thread states, without the scheduler's context."""

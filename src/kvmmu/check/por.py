@@ -76,6 +76,8 @@ VCPU_STEP_READS: Final[dict[Step | None, int]] = {
     Step.WRITE_SPTE: _S,
     Step.ZAP_SPTE: _S,
     Step.MMU_UNLOCK: _L | _S,
+    Step.MMU_READ_LOCK: _L | _S,  # the TDP MMU's read side: the same lock word
+    Step.MMU_READ_UNLOCK: _L | _S,
     Step.RETRY: _S,
     Step.EMULATE: 0,
     Step.EXIT_TO_USERSPACE: _M,

@@ -47,6 +47,8 @@ class CheckConfig:
     ``accesses`` and ``updates`` take the first K accesses of each vCPU script and the first M
     updates (None: all).  ``mmio_gen_bits``, ``start_near_wrap`` and ``slot_zap`` override the
     scenario's ``[vm]`` table.  ``scenario_path`` is only remembered for the replay command.
+    ``tdp_mmu`` explores the strategy's TDP MMU (faults under ``mmu_lock`` held for read, SPTEs
+    installed with cmpxchg) instead of the shadow MMU.
     """
 
     strategy: str = "generation"
@@ -58,6 +60,7 @@ class CheckConfig:
     start_near_wrap: int | None = None
     slot_zap: str | None = None
     scenario_path: str | None = None
+    tdp_mmu: bool = False
 
     def validate(self) -> CheckConfig:
         """Raise :class:`ConfigError` (one line) unless a VM and every thread can be built."""
@@ -106,6 +109,7 @@ class CheckConfig:
             slot_zap=self.effective_slot_zap,
             mmio_gen_bits=bits,
             start_near_wrap=near,
+            tdp_mmu=self.tdp_mmu,
         )
 
     def script(self, vcpu: int) -> tuple[Access, ...]:
@@ -130,6 +134,8 @@ class CheckConfig:
             args += ["--start-near-wrap", str(self.start_near_wrap)]
         if self.slot_zap is not None:
             args += ["--slot-zap", self.slot_zap]
+        if self.tdp_mmu:
+            args += ["--mmu", "tdp"]
         return args
 
     def summary(self) -> str:
@@ -139,7 +145,7 @@ class CheckConfig:
         return (
             f"strategy {self.strategy}, scenario {self.scenario.name}, {self.vcpus} vCPU"
             f"{'s' if self.vcpus != 1 else ''} x {acc} access{'es' if per != {1} else ''}, "
-            f"{ups} update{'s' if ups != 1 else ''}"
+            f"{ups} update{'s' if ups != 1 else ''}" + (", TDP MMU" if self.tdp_mmu else "")
         )
 
 

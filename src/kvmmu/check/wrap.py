@@ -66,9 +66,11 @@ class WrapVerdict:
 
 
 def wrap_config(base: CheckConfig, strategy: str) -> CheckConfig:
-    """``base`` for ``strategy``, with a narrow generation unless ``base`` names one."""
+    """``base`` for ``strategy``, with a narrow generation unless ``base`` names one; a TDP MMU
+    asked for where the kernel had one (the others ran the shadow MMU)."""
     bits = base.mmio_gen_bits if base.mmio_gen_bits is not None else WRAP_GEN_BITS
-    return replace(base, strategy=strategy, mmio_gen_bits=bits)
+    tdp = base.tdp_mmu and bool(resolve_strategy(strategy).tdp_mmu)
+    return replace(base, strategy=strategy, mmio_gen_bits=bits, tdp_mmu=tdp)
 
 
 def wrap_verdict(config: CheckConfig, preemptions: int | None, *,

@@ -156,16 +156,20 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
 
 def _config(strategy: str, vcpus: int, updates: int | None, accesses: int | None,
             scenario_path: Path | None, gen_bits: int | None, start_near_wrap: int | None,
-            slot_zap: str | None) -> CheckConfig:
+            slot_zap: str | None, mmu: str = "shadow") -> CheckConfig:
     scenario = DEFAULT_SCENARIO if scenario_path is None else _scenario(scenario_path)
     if updates is None:
         updates = min(2, len(scenario.updates))
     config = CheckConfig(strategy, scenario, vcpus, accesses, updates, gen_bits, start_near_wrap,
-                         slot_zap, str(scenario_path) if scenario_path is not None else None)
+                         slot_zap, str(scenario_path) if scenario_path is not None else None,
+                         tdp_mmu=mmu == "tdp")
     try:
         return config.validate()
     except ConfigError as exc:
-        raise InputError(str(exc)) from None
+        text = str(exc)
+        if "TDP MMU" in text:
+            text = "--mmu tdp: " + text.replace("(tdp_mmu=False)", "(--mmu shadow)")
+        raise InputError(text) from None
 
 
 def _stats_json(stats: Stats) -> dict[str, Any]:
@@ -220,6 +224,11 @@ def _mode_text(result: Result) -> str:
 @click.option("--slot-zap", type=click.Choice(SLOT_ZAPS), default=None,
               help="What DELETE/MOVE zap: everything (all: KVM's default quirk), only the slot's "
                    "SPTEs (slot), or everything the pre-3.11 way (all-slow).")
+@click.option("--mmu", type=click.Choice(["shadow", "tdp"]), default="shadow", show_default=True,
+              help="The MMU to explore: shadow (every fault takes mmu_lock for write; the MMU of "
+                   "this project's host) or tdp (the strategy's TDP MMU: faults under the read "
+                   "lock installing SPTEs with cmpxchg, the 5.13+ teardown of zapped roots under "
+                   "the read lock; generation and zap-all-fast).")
 @click.option("--replay", "replay", default=None, metavar="SCHEDULE",
               help="Replay a schedule (e.g. 0:11,vmm:2,0:6,vmm:1) and explain every step.")
 @click.option("--budget", type=click.FloatRange(0), default=20.0, show_default=True,
@@ -261,7 +270,7 @@ def _mode_text(result: Result) -> str:
 def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
             accesses: int | None, bound: int | None, depth: int | None,
             random_schedules: int | None, seed: int, scenario_path: Path | None,
-            gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None,
+            gen_bits: int | None, start_near_wrap: int | None, slot_zap: str | None, mmu: str,
             replay: str | None, budget: float, no_reduce: bool, no_symmetry: bool,
             time_limit: float | None, distributed: bool, workers: int, scheduler: str | None,
             prefix_depth: int | None, checkpoint: Path | None, wrap: bool, as_json: bool,
@@ -280,12 +289,12 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
         scenario = DEFAULT_SCENARIO if scenario_path is None else _scenario(scenario_path)
         config = _config(strategy, vcpus, len(scenario.updates) if updates is None else updates,
                          accesses, scenario_path, WRAP_GEN_BITS if gen_bits is None else gen_bits,
-                         start_near_wrap, "slot" if slot_zap is None else slot_zap)
+                         start_near_wrap, "slot" if slot_zap is None else slot_zap, mmu)
         if ctx.get_parameter_source("bound") is click.core.ParameterSource.DEFAULT:
             bound = 1
         _wrap_command(ctx, config, bound, time_limit, as_json)
     config = _config(strategy, vcpus, updates, accesses, scenario_path, gen_bits,
-                     start_near_wrap, slot_zap)
+                     start_near_wrap, slot_zap, mmu)
     max_depth = depth if depth is not None else DEFAULT_MAX_DEPTH
     out = Console(highlight=False, soft_wrap=True)
     if replay is not None:

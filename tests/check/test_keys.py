@@ -13,6 +13,7 @@ import pytest
 from kvmmu.check.keys import (
     FrameCanon,
     Keyer,
+    L,
     TrackedTable,
     scratch_components,
     scratch_thread_hash,
@@ -182,3 +183,20 @@ def test_only_loops_whose_body_yields_are_looked_for_iterators() -> None:
     next(gen)
     assert start < gen.gi_frame.f_lasti < end
     assert canon.frame_hash(gen) == canon.frame_hash(gen, exact=True)
+
+
+def test_a_read_holder_of_mmu_lock_is_part_of_the_lock_state() -> None:
+    # The TDP MMU's faults hold mmu_lock for read; a writer's MMU_LOCK step reads who does, so the
+    # lock part (which the partial-order reduction's footprints compare) must change with it.
+    world = World(CheckConfig("generation", vcpus=2, updates=1))
+    keyer = Keyer(world, FrameCanon())
+    lock = world.vm.kvm.mmu.lock
+    free = keyer.shared.components()
+    lock.readers.add(world.vcpus[0].arch)
+    one = keyer.shared.components()
+    lock.readers.add(world.vcpus[1].arch)
+    two = keyer.shared.components()
+    assert len({free.parts[L], one.parts[L], two.parts[L]}) == 3
+    assert two == scratch_components(world)
+    lock.readers.clear()
+    assert keyer.shared.components() == free

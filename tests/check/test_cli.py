@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmmu.check.distributed import CHECKPOINT_VERSION
 from kvmmu.cli import main
 
 
@@ -172,8 +173,19 @@ def test_the_distributed_search_runs_on_a_local_cluster_and_checkpoints(
 def test_a_checkpoint_of_another_configuration_is_refused(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ckpt = tmp_path / "search.json"
-    ckpt.write_text('{"version": 1, "config": "something else", "pending": [], "shards": []}')
+    ckpt.write_text(json.dumps({"version": CHECKPOINT_VERSION, "config": "something else",
+                                "pending": [], "shards": []}))
     code, _, err = run(capsys, "--vcpus", "1", "--distributed", "--checkpoint", str(ckpt))
     assert code == 2
     assert "--checkpoint" in err and "another configuration" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_version_1_is_refused(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    # Version 1 shards held (world, scheduler context) keys; version 2 holds worlds.
+    ckpt = tmp_path / "search.json"
+    ckpt.write_text('{"version": 1, "config": "x", "pending": [], "shards": []}')
+    code, _, err = run(capsys, "--vcpus", "1", "--distributed", "--checkpoint", str(ckpt))
+    assert code == 2
+    assert f"version {CHECKPOINT_VERSION}" in err and len(err.strip().splitlines()) == 1

@@ -36,7 +36,8 @@ SHARDS: Final = 16
 #: Worker processes load kvmmu from source: the explorer reads the protocol generators' frames,
 #: which the compiled build's modules do not have (``kvmmu.compiled``).
 WORKER_ENV: Final = (("KVMMU_INTERPRETED", "1"),)
-CHECKPOINT_VERSION: Final = 1
+#: 2: the shards hold worlds (states without the scheduler context), not (world, context) keys.
+CHECKPOINT_VERSION: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ def load_checkpoint(text: str, config: CheckConfig) -> tuple[list[Task], Shards]
     """The tasks still to run and the keys merged so far; ValueError if it is not ours."""
     doc = json.loads(text)
     if not isinstance(doc, dict) or doc.get("version") != CHECKPOINT_VERSION:
-        raise ValueError("not a kvmmu check checkpoint (version 1)")
+        raise ValueError(f"not a kvmmu check checkpoint (version {CHECKPOINT_VERSION})")
     if doc.get("config") != config.summary():
         raise ValueError(f"the checkpoint is of another configuration ({doc.get('config')})")
     shards = Shards()

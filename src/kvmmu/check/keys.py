@@ -43,6 +43,7 @@ import dataclasses
 import dis
 import enum
 import hashlib
+import operator
 from collections.abc import Callable, Hashable, Iterable
 from itertools import compress
 from types import CodeType, FrameType, GeneratorType
@@ -303,20 +304,27 @@ def scratch_components(world: World) -> Components:
 # --- threads ---------------------------------------------------------------------------------
 
 
+#: (plan id, picker of the int locals or None, (value position, name, abstraction) of the others,
+#: the frame's loops that yield): :meth:`FrameCanon.frame_hash`
+_Plan = tuple[int, "Callable[[tuple[Any, ...]], Any] | None",
+              tuple[tuple[int, tuple[str, str], "Abstraction | None"], ...],
+              tuple[tuple[int, int], ...]]
+
+
 class FrameCanon:
     """Canonicalises frame locals to deterministic ints and tuples; caches per code object."""
 
-    __slots__ = ("_code", "_drop", "_ids", "_immutable", "_loops", "volatile")
+    __slots__ = ("_code", "_ids", "_immutable", "_loops", "_plans", "volatile")
 
     def __init__(self) -> None:
-        #: exact types of locals that are handles (see DROPPED_TYPES), learnt as they are met
-        self._drop: set[type] = set()
         self._ids: dict[str, int] = {}
         self.volatile = NOT_VOLATILE
         #: code -> (its stable id, name -> index in co_varnames, name -> abstraction)
         self._code: dict[CodeType, tuple[int, dict[str, int], dict[str, Abstraction]]] = {}
         #: id -> (value, its canonical form) for values that cannot change (see :meth:`value`)
         self._immutable: dict[int, tuple[Any, Any]] = {}
+        #: (code, local names, their types) -> how to hash such a frame (:meth:`frame_hash`)
+        self._plans: dict[tuple[CodeType, tuple[str, ...], tuple[type, ...]], _Plan] = {}
         #: code -> the (start, end) offsets of its ``for`` loops whose body yields
         self._loops: dict[CodeType, tuple[tuple[int, int], ...]] = {}
 
@@ -429,39 +437,62 @@ class FrameCanon:
     def frame_hash(self, gen: Any, *, exact: bool = False) -> tuple[int, int]:
         """The hash of a generator's frame (code, position, locals, loops in progress) and how it
         may go stale.  ``exact`` looks for loop iterators on every frame (the reference), not only
-        on frames suspended inside a loop that yields (:meth:`yielding_loops`)."""
+        on frames suspended inside a loop that yields (:meth:`yielding_loops`).
+
+        Most locals are ints.  The frame's locals are taken apart by a *plan* learnt once per
+        code object, local names (in the dict's order) and their types: it picks the ints in
+        ``co_varnames`` order with one C-level ``itemgetter`` call and lists the other locals
+        to canonicalise; handles are skipped.  The frame's f_locals dict is reused between calls
+        and a local unbound for a while is re-inserted at its end, so the plan orders by position
+        in ``co_varnames``, not by dict order: frames equal local for local hash alike.
+        """
         frame: FrameType = gen.gi_frame
         self.volatile = NOT_VOLATILE
         code = frame.f_code
-        code_id, index, abstractions = self.code_info(code)
-        drop = self._drop
-        # The frame's f_locals dict is reused between calls and a local unbound for a while is
-        # re-inserted at its end: sort by position in co_varnames, not by dict order.
-        items: list[tuple[int, Hashable]] = []
+        local_values = frame.f_locals
+        values = tuple(local_values.values())
+        signature = (code, tuple(local_values), tuple(map(type, values)))
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plan(*signature)
+        plan_id, ints, others, loops = plan
         canonical = self.value
-        for local, value in frame.f_locals.items():
-            if abstractions and local in abstractions:
-                c: Any = abstractions[local](value)
-            else:
-                kind = type(value)
-                if kind is int or kind is bool:
-                    c = value
-                elif kind in drop:
-                    continue
-                else:
-                    c = canonical(value, (code.co_qualname, local))
-                    if c is _DROP:
-                        drop.add(kind)
-                        continue
-            items.append((index[local], c))
-        items.sort()
+        rest = [canonical(values[i], where) if abstraction is None else abstraction(values[i])
+                for i, where, abstraction in others]
         lasti = frame.f_lasti
-        loops = self._loops.get(code)
-        if loops is None:
-            loops = self.yielding_loops(code)
         inside = exact or (loops and any(a < lasti < b for a, b in loops))
         iterators = hidden_iterators(gen) if inside else ()
-        return hash((code_id, lasti, iterators, *items)), self.volatile
+        return hash((plan_id, lasti, iterators, ints(values) if ints is not None else (),
+                     *rest)), self.volatile
+
+    def _plan(self, code: CodeType, names: tuple[str, ...], kinds: tuple[type, ...]) -> _Plan:
+        """How to take apart a frame of ``code`` whose locals are ``names`` of types ``kinds``."""
+        code_id, index, abstractions = self.code_info(code)
+        ints: list[tuple[int, int]] = []  # (position in co_varnames, position in the values)
+        others: list[tuple[int, int, tuple[str, str], Abstraction | None]] = []
+        for i, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+            if name in abstractions:
+                others.append((index[name], i, (code.co_qualname, name), abstractions[name]))
+            elif kind is int or kind is bool:
+                ints.append((index[name], i))
+            elif not issubclass(kind, DROPPED_TYPES):
+                others.append((index[name], i, (code.co_qualname, name), None))
+        ints.sort()
+        others.sort(key=lambda o: o[0])
+        picks = [i for _, i in ints]
+        getter: Callable[[tuple[Any, ...]], Any] | None = None
+        if len(picks) == 1:
+            only = picks[0]
+            getter = lambda v: (v[only],)  # noqa: E731  # itemgetter of one returns no tuple
+        elif picks:
+            getter = operator.itemgetter(*picks)
+        # Which locals are ints and which are canonicalised, by position: part of the hash, so
+        # that the same values under other names never collide.
+        plan_id = hash((code_id, tuple(p for p, _ in ints), tuple(o[0] for o in others)))
+        loops = self.yielding_loops(code)
+        plan = (plan_id, getter, tuple((i, where, f) for _, i, where, f in others), loops)
+        self._plans[(code, names, kinds)] = plan
+        return plan
 
 
 class ThreadHasher:

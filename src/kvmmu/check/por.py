@@ -110,6 +110,11 @@ def independent(t: int, rt: int, wt: int, u: int, ru: int, wu: int) -> bool:
     return t != u and not wt & (ru | wu) and not wu & rt
 
 
+#: A pending step's code in the edge map (0: None) -> the step (``Step(code)`` goes through the
+#: enum machinery at every lookup).
+_STEP_OF_CODE: Final[dict[int, Step | None]] = {0: None, **{int(s): s for s in Step}}
+
+
 class Edges:
     """World hash and thread -> the world hash its step leads to, and the step it then waits at.
 
@@ -136,8 +141,7 @@ class Edges:
         v = self._map.get((world_hash << 6) | thread)
         if v is None:
             return None
-        code = v & 0xFF
-        return v >> 8, (Step(code) if code else None)
+        return v >> 8, _STEP_OF_CODE[v & 0xFF]
 
     def __len__(self) -> int:
         return len(self._map)

@@ -50,8 +50,8 @@ class MmuLock:
     acquisitions: int = 0
     read_acquisitions: int = 0
     contended: int = 0
-    #: Threads spinning on the lock now, readers and writers (kept by a driver that sets
-    #: ``contention_tracked``), and how many of them want it for write.
+    #: Threads spinning on the lock now, readers and writers, and whether a writer is first in
+    #: line (qrwlock's ``_QW_WAITING``); both kept by a driver that sets ``contention_tracked``.
     spinning: int = 0
     writer_waiting: bool = False
     contention_tracked: bool = False
@@ -92,6 +92,20 @@ class MmuLock:
         if who not in self.readers:
             raise RuntimeError(f"mmu_lock read-released by {who!r}, which does not hold it")
         self.readers.discard(who)
+
+    def take(self, who: object, shared: bool) -> Steps[None]:
+        """The lock for read (``shared``: the TDP MMU's side) or for write."""
+        if shared:
+            yield from self.acquire_read(who)
+        else:
+            yield from self.acquire(who)
+
+    def drop(self, who: object, shared: bool) -> Steps[None]:
+        """Release what :meth:`take` took."""
+        if shared:
+            yield from self.release_read(who)
+        else:
+            yield from self.release(who)
 
     def is_blocked(self) -> bool:
         """Would a writer only spin now?"""

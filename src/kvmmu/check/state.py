@@ -96,7 +96,8 @@ ABSTRACTIONS: Final[dict[tuple[str, str], Callable[[Any], Hashable]]] = {
     ("access", "psc"): lambda v: 0,
     ("access", "shifts"): lambda v: 0,
     ("_page_fault", "psc"): lambda v: 0,
-    **{(zap, local): (lambda v: 0) for zap in ("zap_all_fast", "zap_all_slow", "zap_mmio_sptes")
+    **{(zap, local): (lambda v: 0) for zap in ("zap_all_fast", "zap_all_slow", "zap_mmio_sptes",
+                                                "_zap_invalidated_roots")
        for local in ("live", "_page")},
 }
 

@@ -208,6 +208,14 @@ def measure_exit_to_userspace(
     return Figure("exit_to_userspace", tuple(samples))
 
 
+def _ns_per_call(call: Callable[[int], object], n: int) -> float:
+    """Mean ns of ``call(i)`` for i in 0..n-1, timed as one loop."""
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        call(i)
+    return (time.perf_counter_ns() - t0) / n
+
+
 def measure_host_pages(
     pages: int, runs: int, progress: Progress | None = None
 ) -> tuple[Figure, Figure, Figure, Figure]:
@@ -231,18 +239,12 @@ def measure_host_pages(
             cold = m.touch(0, 0, pages, write=True)
             warm = m.touch(0, 0, pages, write=True)
             plain = (cold.elapsed_ns - warm.elapsed_ns) / pages
-            t0 = time.perf_counter_ns()
-            for i in range(pages):
+            def drop(i: int) -> None:
                 madvise(ctypes.c_void_p(mem.addr + i * PAGE), PAGE, MADV_DONTNEED)
-            present.append((time.perf_counter_ns() - t0) / pages)
-            t0 = time.perf_counter_ns()
-            for i in range(pages):
-                madvise(ctypes.c_void_p(mem.addr + i * PAGE), PAGE, MADV_DONTNEED)
-            empty.append((time.perf_counter_ns() - t0) / pages)
-            t0 = time.perf_counter_ns()
-            for _i in range(pages):
-                getppid()
-            null.append((time.perf_counter_ns() - t0) / pages)
+
+            present.append(_ns_per_call(drop, pages))  # the pages are present: freed
+            empty.append(_ns_per_call(drop, pages))  # the same calls, nothing left to free
+            null.append(_ns_per_call(lambda _i: getppid(), pages))
             cold = m.touch(0, 0, pages, write=True)
             warm = m.touch(0, 0, pages, write=True)
             alloc.append((cold.elapsed_ns - warm.elapsed_ns) / pages - plain)
@@ -529,9 +531,10 @@ class RoundsFit:
         if len(self.rounds) < 2:
             return ()
         out = []
+        between = self.between()
         for k, share in self.between_spread().items():
             if share > MAX_BETWEEN_SPREAD:
-                lo, hi = self.between()[k]
+                lo, hi = between[k]
                 out.append(
                     f"{k}: rounds ranged {lo:,.1f}..{hi:,.1f} ns ({share:.0%} of the chosen "
                     f"round's {self.fit.raw[k]:,.1f}): the host was busy during some rounds"

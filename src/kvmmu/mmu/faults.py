@@ -71,7 +71,6 @@ from kvmmu.spte import (
 
 if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
-    from kvmmu.sync import MmuLock
 
 PAGE_OFFSET_MASK: Final = (1 << PAGE_SHIFT) - 1
 ACC_WRITE_USER: Final = 0x6  # ACC_WRITE_MASK | ACC_USER_MASK
@@ -516,7 +515,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
     # and every SPTE they install is a cmpxchg that may lose: see the ``shared`` tests below.
     shared = mmu.tdp_mmu
     if shared:
-        yield from lock.acquire_read(vcpu)
+        yield from lock.take(vcpu, True)
     else:
         # MmuLock.acquire() inlined: this is the hottest path of a plain run.
         yield MMU_LOCK
@@ -527,7 +526,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         lock.acquisitions += 1
     root = vcpu.root
     if root is None or root.mmu_valid_gen != mmu.mmu_valid_gen or root.hpa not in mmu.active:
-        yield from _unlock(lock, vcpu, shared)
+        yield from lock.drop(vcpu, shared)
         return _RETRY  # is_page_fault_stale(): zap_all_fast ran since guest entry
     # direct_map(): walk down, linking new shadow pages where tables are missing.  A linked
     # level-1 table for this gfn (the vCPU's paging-structure cache) is where the walk would end.
@@ -553,13 +552,13 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             if large:
                 yield ZAP_SPTE
                 if shared and (sp.spt[idx] != large or sp.invalid):
-                    yield from _unlock(lock, vcpu, shared)
+                    yield from lock.drop(vcpu, shared)
                     return _RETRY  # tdp_mmu_zap_spte_atomic() lost its cmpxchg
                 mmu.clear_spte(sp, idx)  # drop_large_spte(): a 2 MiB leaf must become a table
             yield WRITE_SPTE
             if shared and (sp.children[idx] is not None or sp.spt[idx] or sp.invalid):
                 # tdp_mmu_link_sp() lost its cmpxchg to another vCPU's table: free ours, retry.
-                yield from _unlock(lock, vcpu, shared)
+                yield from lock.drop(vcpu, shared)
                 return _RETRY
             child = mmu.alloc_page(gfn & ~((1 << (9 * (level - 1))) - 1), level - 1,
                                    vcpu.as_id, sp, idx)
@@ -576,7 +575,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         access_bits = ACC_ALL & codec.marker.stored_access_mask
         yield WRITE_SPTE
         if shared and (sp.spt[idx] != old or sp.invalid):
-            yield from _unlock(lock, vcpu, shared)
+            yield from lock.drop(vcpu, shared)
             return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
         if not codec.is_mmio(old):
             sp.nr_mmio += 1
@@ -605,7 +604,7 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
         else:
             yield WRITE_SPTE
             if shared and (sp.spt[idx] != old or sp.invalid):
-                yield from _unlock(lock, vcpu, shared)
+                yield from lock.drop(vcpu, shared)
                 return _RETRY  # tdp_mmu_set_spte_atomic() failed: RET_PF_RETRY
             if old and codec.is_mmio(old):
                 sp.nr_mmio -= 1
@@ -616,20 +615,11 @@ def _page_fault(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool) -> St
             result = _FIXED
     mmu.ever_mapped.add(key)
     if shared:
-        yield from lock.release_read(vcpu)
+        yield from lock.drop(vcpu, True)
     else:
-        yield MMU_UNLOCK
+        yield MMU_UNLOCK  # MmuLock.release() inlined, as the acquisition
         lock.holder = None
     return result
-
-
-def _unlock(lock: MmuLock, vcpu: VcpuArch, shared: bool) -> Steps[None]:
-    """Drop ``mmu_lock`` as the fault took it (``read_unlock`` for the TDP MMU)."""
-    if shared:
-        yield from lock.release_read(vcpu)
-    else:
-        yield MMU_UNLOCK
-        lock.holder = None
 
 
 def _emulate(kvm: Kvm, vcpu: VcpuArch, gpa: int, gfn: int, write: bool, size: int, value: int,

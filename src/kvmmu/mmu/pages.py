@@ -272,7 +272,8 @@ class Mmu:
         tops = []
         for sp in self.active.values():
             if sp.parent is None or sp.parent.hpa not in self.active:
-                sp.invalid = sp.invalid or sp.level == ROOT_LEVEL  # role.invalid on the roots
+                if sp.level == ROOT_LEVEL:
+                    sp.invalid = True  # role.invalid on the roots
                 tops.append(sp)
         lock = self.lock
         yield from lock.release(who)
@@ -343,18 +344,6 @@ class Mmu:
         yield from self.lock.release(who)
         return zapped
 
-    def _lock_slot_op(self, who: object, shared: bool) -> Steps[None]:
-        if shared:
-            yield from self.lock.acquire_read(who)
-        else:
-            yield from self.lock.acquire(who)
-
-    def _unlock_slot_op(self, who: object, shared: bool) -> Steps[None]:
-        if shared:
-            yield from self.lock.release_read(who)
-        else:
-            yield from self.lock.release(who)
-
     def zap_collapsible(self, who: object, slot: Memslot, shared: bool = False) -> Steps[int]:
         """``kvm_mmu_zap_collapsible_sptes()`` (4.1+, 3ea3b7fa9af0): after dirty logging is turned
         off, drop the 4 KiB tables of the slot where a 2 MiB leaf may go, so the next fault maps
@@ -362,7 +351,7 @@ class Mmu:
         does it under the read lock (v6.1.20 ``kvm_mmu_zap_collapsible_sptes()``:
         ``read_lock(); kvm_tdp_mmu_zap_collapsible_sptes(); read_unlock()``; v5.12.9 took the
         write lock); a fault that walked into a table zapped meanwhile loses its cmpxchg."""
-        yield from self._lock_slot_op(who, shared)
+        yield from self.lock.take(who, shared)
         zapped = 0
         for sp in self.pages_in_gfn_range(slot.base_gfn, slot.end_gfn, 1):
             if sp.as_id != slot.as_id or sp.hpa not in self.active or not slot.huge_page_ok(sp.gfn):
@@ -371,7 +360,7 @@ class Mmu:
                 yield Step.FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 zapped += 1
-        yield from self._unlock_slot_op(who, shared)
+        yield from self.lock.drop(who, shared)
         return zapped
 
     def _writable_leaf(self, sp: ShadowPage, i: int, spte: int, start: int, end: int) -> bool:
@@ -386,7 +375,7 @@ class Mmu:
         ``read_lock(); kvm_tdp_mmu_wrprot_slot(); read_unlock()``), each SPTE with cmpxchg, so an
         entry a concurrent fault changed since it was read is read again (``tdp_mmu_set_spte_atomic``
         failing makes the iterator retry it)."""
-        yield from self._lock_slot_op(who, shared)
+        yield from self.lock.take(who, shared)
         n = 0
         for sp in self.pages_in_gfn_range(start, end, 2):
             if sp.as_id != as_id:
@@ -401,5 +390,5 @@ class Mmu:
                     sp.spt[i] = spte & ~SPTE_WRITABLE
                     n += 1
         self.stats.sptes_write_protected += n
-        yield from self._unlock_slot_op(who, shared)
+        yield from self.lock.drop(who, shared)
         return n

@@ -37,6 +37,18 @@ class OutputError(ValueError):
     """An output destination kvmmu will not write to; the message says why and what to do."""
 
 
+def _path_text(path: str | os.PathLike[str], option: str, what: str, example: str
+               ) -> tuple[str, str]:
+    """The path as text and as an error message shows it; OutputError if empty or with a NUL."""
+    text = os.fspath(path)
+    shown = repr(text) if not text or text != text.strip() else text
+    if not text.strip():
+        raise OutputError(f"{option}: empty path; {what}, e.g. {option} {example}")
+    if "\0" in text:
+        raise OutputError(f"{option}: the path contains a NUL byte")
+    return text, shown
+
+
 def _umask_mode(base: int) -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -88,12 +100,7 @@ def check_output_dir(final: str | Path, option: str = "--out") -> Path:
     name, ``.``/``..`` or any folder containing the current one, a symbolic link, an existing
     file, a folder holding anything kvmmu did not write, a place where nothing can be created.
     """
-    text = os.fspath(final)
-    shown = repr(text) if not text or text != text.strip() else text
-    if not text.strip():
-        raise OutputError(f"{option}: empty path; name a folder for the results, e.g. {option} results")
-    if "\0" in text:
-        raise OutputError(f"{option}: the path contains a NUL byte")
+    text, shown = _path_text(final, option, "name a folder for the results", "results")
     path = Path(text)
     if path.name in ("", ".", ".."):
         raise OutputError(
@@ -190,12 +197,7 @@ def check_output_file(
 
     An existing file is replaced only if ``ours(text)`` recognises its content as kvmmu's own.
     """
-    text = os.fspath(path)
-    shown = repr(text) if not text or text != text.strip() else text
-    if not text.strip():
-        raise OutputError(f"{option}: empty path; name a file, e.g. {option} profile.toml")
-    if "\0" in text:
-        raise OutputError(f"{option}: the path contains a NUL byte")
+    text, shown = _path_text(path, option, "name a file", "profile.toml")
     p = Path(text)
     if p.name in ("", ".", "..") or text.endswith("/"):
         raise OutputError(f"{option} {shown}: names a folder; name a file, e.g. {option} profile.toml")

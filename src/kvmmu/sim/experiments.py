@@ -432,14 +432,15 @@ def mmu_sweep(
     MMU (faults and the teardown of the zapped roots hold it for read).  Series are named
     ``STRATEGY (shadow MMU)`` and ``STRATEGY (TDP MMU)``."""
     base = scenario_from_dict(DELETE_WHILE_RUNNING, "<delete-while-running>")
+    runs = {f"{strategy} ({label} MMU)": SimOptions(trace=False, oracle=False,
+                                                   vm_options={"slot_zap": "all"}, mmu=mmu)
+            for mmu, label in (("shadow", "shadow"), ("tdp", "TDP"))}
     points = []
     for n in counts:
         sc = vcpu_scenario(base, n)
-        for mmu in ("shadow", "tdp"):
-            label = f"{strategy} ({'TDP' if mmu == 'tdp' else 'shadow'} MMU)"
+        for label, opts in runs.items():
             if progress is not None:
                 progress(f"{label} @ {n}")
-            opts = SimOptions(trace=False, oracle=False, vm_options={"slot_zap": "all"}, mmu=mmu)
             r = simulate(sc, strategy, costs, opts)
             deletes = [u.latency_ns for u in r.updates if u.change == "delete"]
             vcpus = [t for t in r.threads if t.kind == "vcpu"]

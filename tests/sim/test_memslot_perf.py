@@ -142,6 +142,9 @@ def _meter(costs: CostModel) -> tuple[_Meter, Vcpu]:
 
 def test_a_guest_write_to_a_page_the_host_dropped_pays_the_host_page_allocation(
         costs: CostModel) -> None:
+    # tools/testing/selftests/kvm/memslot_perf_test.c (v6.1) prepare_vm() memsets every slot, and
+    # the map test's MADV_DONTNEED drops pages; a write to one faults a fresh host page in
+    # (virt/kvm/kvm_main.c hva_to_pfn() -> get_user_pages()).
     m, vcpu = _meter(costs)
     m.guest_write(vcpu, MEM_GPA, 1)  # builds the page tables
     plain = m.guest_write(vcpu, MEM_GPA + 4096, 1)  # present (memset by prepare_vm): a fault
@@ -153,6 +156,9 @@ def test_a_guest_write_to_a_page_the_host_dropped_pays_the_host_page_allocation(
 
 def test_an_unmap_of_present_pages_costs_more_and_the_vcpu_waits_for_it(
         costs: CostModel) -> None:
+    # v6.1 virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_start() -> kvm_unmap_gfn_range()
+    # under KVM_MMU_LOCK (write), and a fault overlapping it retries (direct_page_fault():
+    # mmu_invalidate_retry_hva()): the vCPU waits for a call that drops present pages.
     m, vcpu = _meter(costs)
     for i in range(4):
         m.guest_write(vcpu, MEM_GPA + i * 4096, 1)

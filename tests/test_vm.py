@@ -162,18 +162,35 @@ def test_is_blocked_answers_for_the_lock_and_the_grace_period() -> None:
     assert vm.is_blocked(Step.MMU_LOCK) and not vm.is_blocked(Step.GUEST_ACCESS)
 
 
-def test_the_state_digest_names_pages_by_content_not_by_address() -> None:
-    def build(order: list[int]) -> VM:
-        vm = VM("generation")
-        vm.set_user_memory_region(0, 0, 0, 8 << 20, HVA)
-        vcpu = vm.create_vcpu()
-        for r in order:
-            vcpu.access(r << 21)
-        return vm
+def _touch_regions(order: list[int], first_hpa: int = 0x1000) -> VM:
+    """A VM whose vCPU touched the 2 MiB regions ``order`` in that order (one leaf page each)."""
+    vm = VM("generation")
+    vm.kvm.mmu.next_hpa = first_hpa  # where the model allocates its pages: not part of the state
+    vm.set_user_memory_region(0, 0, 0, 8 << 20, HVA)
+    vcpu = vm.create_vcpu()
+    for r in order:
+        vcpu.access(r << 21)
+    return vm
 
-    a, b = build([0, 1, 2, 3]), build([3, 2, 1, 0])
+
+def test_the_state_digest_names_pages_by_content_not_by_address() -> None:
+    a, b = _touch_regions([0, 1, 2, 3]), _touch_regions([0, 1, 2, 3], first_hpa=0x100000)
+    assert [sp.hpa for sp in a.kvm.mmu.active.values()] != [
+        sp.hpa for sp in b.kvm.mmu.active.values()]
     assert a.state_key() == b.state_key()
     a.vcpus[0].access(0x1000, write=True, value=1)
+    assert a.state_key() != b.state_key()
+
+
+def test_the_state_digest_keeps_the_active_lists_order() -> None:
+    # v3.17 arch/x86/kvm/mmu.c, kvm_mmu_alloc_page(): "The active_mmu_pages list is the FIFO
+    # list ... kvm_zap_obsolete_pages depends on this feature"; kvm_zap_obsolete_pages() walks
+    # it oldest first (list_for_each_entry_safe_reverse).  The same pages made in another order
+    # are zapped in another order: another state.
+    a, b = _touch_regions([0, 1, 2, 3]), _touch_regions([3, 2, 1, 0])
+    pages_a, pages_b = a.state_key()[3], b.state_key()[3]
+    assert sorted(pages_a, key=repr) == sorted(pages_b, key=repr)
+    assert pages_a != pages_b
     assert a.state_key() != b.state_key()
 
 

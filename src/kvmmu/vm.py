@@ -289,8 +289,13 @@ class VM:
     def state_key(self) -> tuple[Any, ...]:
         """A hashable digest of all shared state (for an explorer's visited set).
 
-        Shadow pages are named by (as, level, gfn, mmu_valid_gen), not by their model address, so
-        that two schedules that built the same tables in another order hash alike.
+        Shadow pages are named by (as, level, gfn, mmu_valid_gen), not by their model address, and
+        listed in the active list's order: the kernel's list is FIFO and its zap walks depend on
+        that order (v3.17 ``arch/x86/kvm/mmu.c``: ``kvm_mmu_alloc_page()``'s "The active_mmu_pages
+        list is the FIFO list ... kvm_zap_obsolete_pages depends on this feature", and
+        ``kvm_zap_obsolete_pages()`` walks it with ``list_for_each_entry_safe_reverse``), so two
+        schedules that built the same pages in another order will zap them in another order, and
+        are different states.
         """
         kvm = self.kvm
         mmu = kvm.mmu
@@ -308,7 +313,6 @@ class VM:
                             for i, (s, c) in enumerate(zip(sp.spt, sp.children, strict=True))
                             if s or c is not None)
             pages.append((page_name(sp), sp.mmio_cached, entries))  # zap-mmio-cached reads it
-        pages.sort(key=repr)
         slots = tuple((s.generation, tuple((m.id, m.base_gfn, m.npages, m.flags,
                                             m.userspace_addr, m.invalid) for m in s))
                       for s in kvm.memslots.active)

@@ -14,6 +14,7 @@ from kvmmu.check.keys import (
     FrameCanon,
     Keyer,
     L,
+    S,
     TrackedTable,
     scratch_components,
     scratch_thread_hash,
@@ -200,3 +201,26 @@ def test_a_read_holder_of_mmu_lock_is_part_of_the_lock_state() -> None:
     assert two == scratch_components(world)
     lock.readers.clear()
     assert keyer.shared.components() == free
+
+
+def test_the_same_pages_made_in_another_order_are_another_state() -> None:
+    # The active list's order is kernel state (v3.17 kvm_mmu_alloc_page(): "The active_mmu_pages
+    # list is the FIFO list ... kvm_zap_obsolete_pages depends on this feature"), and the zap
+    # walks copy it: the shared part S keeps it, incrementally as from scratch (VM.state_key).
+    canon = FrameCanon()
+
+    def touched(order: list[int]) -> tuple[World, Keyer]:
+        world = World(CheckConfig("generation", vcpus=1, updates=0))
+        world.vm.set_user_memory_region(2, 0, 16 << 20, 8 << 20, 0x7F0000000000)
+        keyer = Keyer(world, canon)
+        keyer.shared.components()  # the tables are tracked from here on
+        for r in order:
+            world.vcpus[0].access((16 << 20) + (r << 21))
+        return world, keyer
+
+    (wa, ka), (wb, kb) = touched([0, 1, 2, 3]), touched([3, 2, 1, 0])
+    a, b = ka.shared.components(), kb.shared.components()
+    assert a.parts == scratch_components(wa).parts and b.parts == scratch_components(wb).parts
+    assert a.parts[S] != b.parts[S]
+    assert a.parts[1:] == b.parts[1:]  # memslots, lock, SRCU, host memory, the vCPU: alike
+    assert wa.vm.state_key() != wb.vm.state_key()

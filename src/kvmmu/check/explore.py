@@ -255,10 +255,9 @@ def explore(
         (tuple(start), start_preemptions, None, None)]
     frontier: list[tuple[tuple[int, ...], int]] = []
     failure: Failure | None = None
-    # Only vCPU steps are functions of the state key: the VMM's zap loops iterate lists built
-    # earlier, on the frame's value stack where the key cannot see them (kvmmu.check.state), so
-    # two VMMs with equal keys may take different next steps.  The edge map holds vCPU steps.
-    vcpus = config.vcpus
+    # Every step is a function of the state key, the VMM's too: the zap loops' iterators are in
+    # the key (kvmmu.check.state.hidden_iterators) and so is the order of the active list the
+    # loops copy (VM.state_key), so the edge map holds every thread's steps.
     checks: list[tuple[tuple[int, ...], int, str]] = []  # (schedule, world hash, why) of cuts
 
     classes = symmetry_classes(World(config))
@@ -350,8 +349,7 @@ def explore(
                 # that depend on it.
                 u = run.last
                 foot = footprint(before, components.parts)
-                if u < vcpus:
-                    edges.add(prev_hash, u, world_hash, world.threads[u].pending)
+                edges.add(prev_hash, u, world_hash, world.threads[u].pending)
                 if came_from is not None:
                     earlier = [*came_from.sleep, *came_from.done]
                     came_from.done.append((u, reads, foot, world_hash, world.threads[u].pending))
@@ -419,13 +417,12 @@ def explore(
                 if preemptions is not None and p > preemptions:
                     continue
                 sleeper = asleep.get(t)
-                known = edges.get_full(world_hash, t) if reduce and t < vcpus else None
+                known = edges.get_full(world_hash, t) if reduce else None
                 source = "edge"
                 if known is None and sleeper is not None:
                     source = "sleep"
                     known = (sleeper[3], sleeper[4])
-                    if t < vcpus:
-                        edges.add(world_hash, t, *known)
+                    edges.add(world_hash, t, *known)
                 if known is not None:
                     # Where t leads is known (the same world stepped before, or a sleep set's
                     # commuted order): cut it if that state was reached with no more preemptions.

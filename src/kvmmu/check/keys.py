@@ -13,8 +13,10 @@ page (45% of the explorer's time) and canonicalised every local of every thread 
   page; the table notes which indices were written (a C-level list for every read, one Python
   call per write, and writes are rare), and the sum is brought up to date from those indices
   only.  The model is not touched: no hook for the model's owner to keep in step, and a write the
-  model adds tomorrow is tracked because it is a write to the list.  Pages combine by a sum too
-  (a multiset hash: no order, as ``state_key`` sorts them).
+  model adds tomorrow is tracked because it is a write to the list.  Pages combine in the active
+  list's order (one tuple hash over the page terms, as ``state_key`` lists them in that order):
+  the zap walks follow it, so two worlds with the same pages in another order are not the same
+  state.
 * *Everything else shared* is small and read directly: memslots (a snapshot's slot list is hashed
   once per snapshot object and world), the lock holder, SRCU, ``mmu_valid_gen``, each vCPU's
   root, MMIO cache and SRCU read section, host memory (its canonical ``key()``, the written words).  The
@@ -246,7 +248,7 @@ class SharedHasher:
         vm = self.vm
         kvm = vm.kvm
         mmu = kvm.mmu
-        pages = 0
+        pages: list[int] = []  # in the active list's order: the zap walks follow it
         for sp in mmu.active.values():
             table = sp.spt
             if type(table) is not TrackedTable:
@@ -257,15 +259,15 @@ class SharedHasher:
             if table.page_term_of != of:
                 table.page_term = _page_term(sp, table.total)
                 table.page_term_of = of
-            pages += table.page_term
-        return self._assemble(pages)
+            pages.append(table.page_term)
+        return self._assemble(hash(tuple(pages)))
 
     def _assemble(self, pages: int) -> Components:
         vm = self.vm
         kvm = vm.kvm
         mmu = kvm.mmu
         memslots = kvm.memslots
-        s = hash((pages & MASK64, mmu.mmu_valid_gen))
+        s = hash((pages, mmu.mmu_valid_gen))
         m = hash((memslots.updating, *((sl.generation, self._slots_hash(sl))
                                        for sl in memslots.active)))
         lock = mmu.lock.holder
@@ -291,10 +293,8 @@ class SharedHasher:
 
     def scratch(self) -> Components:
         """The same parts computed from scratch (every entry of every page scanned)."""
-        pages = 0
-        for sp in self.vm.kvm.mmu.active.values():
-            pages += _page_term(sp, _scratch_page_total(sp))
-        return self._assemble(pages)
+        pages = [_page_term(sp, _scratch_page_total(sp)) for sp in self.vm.kvm.mmu.active.values()]
+        return self._assemble(hash(tuple(pages)))
 
 
 def scratch_components(world: World) -> Components:

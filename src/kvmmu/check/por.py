@@ -29,8 +29,10 @@ skipped only if that successor is in the visited set with no more preemptions (a
 taking it now would use — exactly the case in which taking it would be cut by the state cache at
 once.  Otherwise it is taken like any other transition.  The same edge map also cuts a transition
 from a world reached before with another scheduler context (same world, other "last thread").
-Only vCPU steps enter the map: they are functions of the key, while the VMM's zap loops iterate
-lists kept on the frame's value stack, which the key cannot see.  The reduction therefore removes runs,
+Every thread's steps enter the map: a step is a function of the key, the VMM's zap loops too
+(their iterators are keyed, and so is the order of the active list they copy; until that order
+was keyed only vCPU steps could enter, and VMM alternatives that led to explored states were
+replayed to find out).  ``verify_sleep`` replays every cut to check it.  The reduction therefore removes runs,
 never states: the reduced search reaches the same set of states as the unreduced one, which the
 tests check configuration by configuration.
 """

@@ -215,10 +215,11 @@ def hidden_iterators(gen: Any) -> tuple[Any, ...]:
     collector's traversal of a generator visits that stack (CPython 3.11 ``gen_traverse`` ->
     ``_PyFrame_Traverse``), so ``gc.get_referents`` finds it, its length hint says how many items
     are left (an ``enumerate`` by its underlying iterator's) and, for a list or tuple, the
-    sequence it walks says which.  The zap loops iterate lists built before they yield (the
-    active list in creation order, which ``state_key`` does not keep, or the pages one unlink
-    freed): without this, two VMMs with equal keys could have different pages still to free, in
-    another order, and the state cache would cut one of them.
+    sequence it walks says which.  The zap loops iterate lists built before they yield (a copy
+    of the active list, or the pages one unlink freed): without this, two VMMs with equal keys
+    could have different pages still to free, and the state cache would cut one of them.  With
+    the active list's order in ``state_key`` too, the pages a loop has still to visit, and in
+    which order, are a function of the key.
     """
     out: list[Any] = []
     for r in gc.get_referents(gen):

@@ -13,7 +13,6 @@ from kvmmu.check.explore import explore
 from kvmmu.check.por import Edges, footprint, independent
 from kvmmu.check.scenario import Access, Region, Scenario, Script, VmSettings
 from kvmmu.check.world import CheckConfig
-from kvmmu.mmu.steps import Step
 
 WRAP = {"mmio_gen_bits": 2, "slot_zap": "slot", "updates": 3}
 HVA = 0x7F0000000000
@@ -90,13 +89,15 @@ def test_footprints_and_independence() -> None:
     assert not independent(0, 0, 0, 0, 0, 0)  # a thread never commutes with itself
 
 
-def test_the_edge_map_remembers_successor_and_pending_step() -> None:
+def test_the_edge_map_remembers_successor_and_context() -> None:
     edges = Edges()
-    edges.add(-12345, 2, 678, Step.MMU_LOCK)
-    edges.add(-12345, 1, -9, None)
-    assert edges.get_full(-12345, 2) == (678, Step.MMU_LOCK)
+    edges.add(-12345, 2, 678, 2)  # thread 2 is the context after its step
+    edges.add(-12345, 1, -9, None)  # switching away from thread 1 is free
+    edges.add(99, 0, 5, False)  # not known (a commuted order, waiting at a blocking step)
+    assert edges.get_full(-12345, 2) == (678, 2)
     assert edges.get_full(-12345, 1) == (-9, None)
-    assert edges.get(-12345, 0) is None and len(edges) == 2
+    assert edges.get_full(99, 0) == (5, False)
+    assert edges.get(-12345, 0) is None and len(edges) == 3
 
 
 def test_symmetry_reaches_the_same_orbits_with_fewer_states() -> None:

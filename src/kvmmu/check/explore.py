@@ -291,6 +291,17 @@ def explore(
             stats.stopped = "time limit"
             break
         prefix, pre, seeds, node = stack.pop()
+        if node is not None:
+            # Where this alternative leads may have been learnt since it was pushed (the same
+            # world stepped by a later run): cut it now rather than replay its prefix to see.
+            t = prefix[-1]
+            known = edges.get_full(node.world_hash, t)
+            if known is not None and dominated(known[0], known[1] if bounded else None,
+                                               (pre, len(prefix) if depth_is_bound else 0)):
+                stats.sleep_pruned += 1
+                if verify_sleep:
+                    checks.append((prefix, known[0], "edge"))
+                continue
         stats.schedules += 1
         run = _Run(World(config), preemptions=pre)
         world = run.world
@@ -349,7 +360,7 @@ def explore(
                 # that depend on it.
                 u = run.last
                 foot = footprint(before, components.parts)
-                edges.add(prev_hash, u, world_hash, world.threads[u].pending)
+                edges.add(prev_hash, u, world_hash, switch)
                 if came_from is not None:
                     earlier = [*came_from.sleep, *came_from.done]
                     came_from.done.append((u, reads, foot, world_hash, world.threads[u].pending))
@@ -421,12 +432,12 @@ def explore(
                 source = "edge"
                 if known is None and sleeper is not None:
                     source = "sleep"
-                    known = (sleeper[3], sleeper[4])
+                    known = (sleeper[3], _context_after(t, sleeper[4]))
                     edges.add(world_hash, t, *known)
                 if known is not None:
                     # Where t leads is known (the same world stepped before, or a sleep set's
                     # commuted order): cut it if that state was reached with no more preemptions.
-                    after = _context_after(t, known[1]) if bounded else None
+                    after = known[1] if bounded else None
                     if dominated(known[0], after, (p, depth + 1 if depth_is_bound else 0)):
                         stats.sleep_pruned += 1
                         if verify_sleep:

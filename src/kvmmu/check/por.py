@@ -112,15 +112,15 @@ def independent(t: int, rt: int, wt: int, u: int, ru: int, wu: int) -> bool:
     return t != u and not wt & (ru | wu) and not wu & rt
 
 
-#: A pending step's code in the edge map (0: None) -> the step (``Step(code)`` goes through the
-#: enum machinery at every lookup).
-_STEP_OF_CODE: Final[dict[int, Step | None]] = {0: None, **{int(s): s for s in Step}}
-
 
 class Edges:
-    """World hash and thread -> the world hash its step leads to, and the step it then waits at.
+    """World hash and thread -> the world hash its step leads to, and the scheduler context there.
 
-    Steps are deterministic, so this is a fact about the model, learnt as steps run.
+    Steps are deterministic, so this is a fact about the model, learnt as steps run.  The context
+    after thread t's step is ``t`` (switching away from it would be a preemption), ``None`` (it is
+    free) or ``False`` (not known: a sleep set's commuted order whose thread waits at a blocking
+    step); a step that ran records the context it found, which a blocking step's own code cannot
+    tell (blocked or not is a property of the state it reached).
     """
 
     __slots__ = ("_map",)
@@ -128,22 +128,24 @@ class Edges:
     def __init__(self) -> None:
         self._map: dict[int, int] = {}
 
-    def add(self, world_hash: int, thread: int, successor: int, pending: Step | None) -> None:
+    def add(self, world_hash: int, thread: int, successor: int,
+            context: int | bool | None) -> None:
         if len(self._map) < MAX_EDGES:
-            self._map[(world_hash << 6) | thread] = (successor << 8) | (0 if pending is None
-                                                                         else int(pending))
+            code = 0 if context is None else (2 if context is False else 1)
+            self._map[(world_hash << 6) | thread] = (successor << 2) | code
 
     def get(self, world_hash: int, thread: int) -> int | None:
         """The successor's world hash, if known."""
         v = self._map.get((world_hash << 6) | thread)
-        return None if v is None else v >> 8
+        return None if v is None else v >> 2
 
-    def get_full(self, world_hash: int, thread: int) -> tuple[int, Step | None] | None:
-        """The successor's world hash and the step the thread then waits at, if known."""
+    def get_full(self, world_hash: int, thread: int) -> tuple[int, int | bool | None] | None:
+        """The successor's world hash and the scheduler context there, if known."""
         v = self._map.get((world_hash << 6) | thread)
         if v is None:
             return None
-        return v >> 8, _STEP_OF_CODE[v & 0xFF]
+        code = v & 3
+        return v >> 2, (None if code == 0 else (thread if code == 1 else False))
 
     def __len__(self) -> int:
         return len(self._map)

@@ -181,11 +181,13 @@ def test_a_checkpoint_of_another_configuration_is_refused(
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_checkpoint_of_version_1_is_refused(capsys: pytest.CaptureFixture[str],
-                                              tmp_path: Path) -> None:
-    # Version 1 shards held (world, scheduler context) keys; version 2 holds worlds.
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_checkpoint_of_an_older_key_is_refused(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path, version: int) -> None:
+    # Version 1 shards held (world, scheduler context) keys; version 2 worlds keyed without the
+    # active list's order; version 3 keeps it.  Older keys would never match: refused.
     ckpt = tmp_path / "search.json"
-    ckpt.write_text('{"version": 1, "config": "x", "pending": [], "shards": []}')
+    ckpt.write_text(f'{{"version": {version}, "config": "x", "pending": [], "shards": []}}')
     code, _, err = run(capsys, "--vcpus", "1", "--distributed", "--checkpoint", str(ckpt))
-    assert code == 2
+    assert code == 2 and CHECKPOINT_VERSION == 3
     assert f"version {CHECKPOINT_VERSION}" in err and len(err.strip().splitlines()) == 1

@@ -36,8 +36,9 @@ SHARDS: Final = 16
 #: Worker processes load kvmmu from source: the explorer reads the protocol generators' frames,
 #: which the compiled build's modules do not have (``kvmmu.compiled``).
 WORKER_ENV: Final = (("KVMMU_INTERPRETED", "1"),)
-#: 2: the shards hold worlds (states without the scheduler context), not (world, context) keys.
-CHECKPOINT_VERSION: Final = 2
+#: 2: the shards hold worlds (states without the scheduler context), not (world, context) keys;
+#: 3: a world's key keeps the order of the active list of shadow pages (``VM.state_key``).
+CHECKPOINT_VERSION: Final = 3
 
 
 @dataclass(frozen=True, slots=True)

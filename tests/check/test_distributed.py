@@ -16,8 +16,9 @@ from kvmmu.check.distributed import (
     Task,
     explore_distributed,
     load_checkpoint,
+    run_batch,
 )
-from kvmmu.check.explore import explore
+from kvmmu.check.explore import DEFAULT_MAX_DEPTH, explore
 from kvmmu.check.world import CheckConfig
 
 distributed = pytest.importorskip("distributed")
@@ -76,3 +77,30 @@ def test_the_distributed_search_finds_the_same_counterexamples(client: Any, stra
     assert local.failure is not None and dist.failure is not None
     assert {f.kind for f in dist.failure.findings} == {f.kind for f in local.failure.findings}
     assert kind in {f.kind for f in dist.failure.findings}
+
+
+def test_batches_cut_the_worlds_that_finished_batches_explored(client: Any) -> None:
+    # Subtrees below different prefixes share worlds; a batch starts with the fronts of those
+    # finished, so the cluster runs fewer schedules than the tasks would alone, for the same
+    # states.
+    config = CheckConfig("generation", vcpus=2, updates=1, accesses=1)
+    top = explore(config, preemptions=1, keep_states=True, frontier_depth=6)
+    alone = [run_batch(config, [Task(p, n)], {}, 1, True, True, DEFAULT_MAX_DEPTH)
+             for p, n in top.frontier]
+    dist = explore_distributed(config, client, preemptions=1, prefix_depth=6)
+    assert dist.failure is None and dist.complete and len(top.frontier) > 4
+    assert dist.states == top.states.union(*(a.states for a in alone))
+    assert dist.stats.schedules < top.stats.schedules + sum(a.stats.schedules for a in alone)
+
+
+def test_a_batch_shares_its_fronts_between_its_tasks() -> None:
+    config = CheckConfig("generation", vcpus=2, updates=1, accesses=1)
+    top = explore(config, preemptions=1, keep_states=True, frontier_depth=6)
+    tasks = [Task(p, n) for p, n in top.frontier]
+    together = run_batch(config, tasks, {}, 1, True, True, DEFAULT_MAX_DEPTH)
+    apart = [run_batch(config, [t], {}, 1, True, True, DEFAULT_MAX_DEPTH) for t in tasks]
+    assert together.states == frozenset().union(*(a.states for a in apart))
+    assert together.stats.schedules < sum(a.stats.schedules for a in apart)
+    # It returns a front for every world it reached (fronts name concrete worlds, states their
+    # orbits; no two vCPUs here run the same script, so the counts are equal).
+    assert len(together.fronts) == len(together.states)

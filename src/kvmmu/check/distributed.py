@@ -9,15 +9,24 @@ configuration and its prefix: it replays the prefix on a fresh world (the explor
 state), so any worker can run any task.  ``dask.distributed`` schedules the tasks: a
 ``LocalCluster`` of worker processes by default, or a running scheduler by address.
 
-What the tasks reach is merged into a visited set kept in ``shards`` (keys split by their low
-bits, so a checkpoint is written and read shard by shard).  Tasks do not consult it while they
-run — a state two subtrees share is explored in both — so the union of what they reach is the
-set of states the local search reaches, which the tests check; the first counterexample found
-stops the search.  Keys are the same in every process (:mod:`kvmmu.check.keys`).
+Tasks run in *batches*, a few per worker (TLC's and Spin's swarm runs likewise hand each worker
+long jobs rather than one per state): a batch explores its prefixes one after the other, each
+cutting the worlds the earlier ones explored, and starts with what every batch finished so far
+explored (``fronts``: world -> the fewest preemptions it was explored with, as the local search
+keeps it; a world explored completely within the bound from no more preemptions covers the
+same world reached again, so the cut is the local search's own, :mod:`kvmmu.check.explore`).
+Batches are handed out as workers free up, so each starts with the latest fronts.  Without this,
+subtrees that share states (two orders of commuting steps reach the same world from different
+prefixes) explored them each: 2 vCPUs x 2 accesses x 2 updates at bound 2 ran 3.5 times the
+local search's runs.  What the tasks reach is merged into a visited set kept in ``shards`` (keys
+split by their low bits, so a checkpoint is written and read shard by shard); the union of what
+they reach is the set of states the local search reaches, which the tests check; the first
+counterexample found stops the search.  Keys are the same in every process
+(:mod:`kvmmu.check.keys`).
 
-The checkpoint (JSON, written through the caller's atomic writer after every finished task) holds
+The checkpoint (JSON, written through the caller's atomic writer after every finished batch) holds
 the configuration's summary, the tasks still to run and the merged keys; a search resumed from it
-runs only those tasks.
+runs only those tasks (starting with empty fronts: the result is the same, the work may be more).
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from kvmmu.check.world import CheckConfig, Finding
 
 #: Runs stop at this depth in the local part; the default scenario's runs are 30 to 90 steps.
 DEFAULT_PREFIX_DEPTH: Final = 12
+#: Batches per worker: enough for the last ones to even out the workers' loads, few enough that
+#: most tasks start with what most others explored.
+BATCHES_PER_WORKER: Final = 4
 SHARDS: Final = 16
 #: Worker processes load kvmmu from source: the explorer reads the protocol generators' frames,
 #: which the compiled build's modules do not have (``kvmmu.compiled``).
@@ -49,21 +61,59 @@ class Task:
     preemptions: int
 
 
+Fronts = dict[int, tuple[int, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class TaskResult:
+    """What a batch reached, what it found, and the fronts it added or lowered."""
+
     states: frozenset[int]
     failure: Failure | None
     stats: Stats
+    fronts: Fronts = field(default_factory=dict)
 
 
-def run_task(config: CheckConfig, task: Task, preemptions: int | None, reduce: bool,
-             symmetry: bool, max_depth: int) -> TaskResult:
-    """One prefix task (a top-level function, so that a worker process can unpickle it)."""
-    r = explore(config, preemptions=preemptions, reduce=reduce, symmetry=symmetry,
-                max_depth=max_depth, keep_states=True, start=task.prefix,
-                start_preemptions=task.preemptions)
-    assert r.states is not None
-    return TaskResult(r.states, r.failure, r.stats)
+def run_batch(config: CheckConfig, tasks: Sequence[Task], fronts: Fronts,
+              preemptions: int | None, reduce: bool, symmetry: bool,
+              max_depth: int) -> TaskResult:
+    """Prefix tasks one after the other, sharing ``fronts`` (a top-level function, so that a
+    worker process can unpickle it).  Stops at the first counterexample."""
+    start = dict(fronts)
+    states: set[int] = set()
+    stats = Stats()
+    failure: Failure | None = None
+    for task in tasks:
+        r = explore(config, preemptions=preemptions, reduce=reduce, symmetry=symmetry,
+                    max_depth=max_depth, keep_states=True, start=task.prefix,
+                    start_preemptions=task.preemptions, fronts=fronts)
+        assert r.states is not None
+        states |= r.states
+        _merge(stats, r.stats)
+        stats.elapsed += r.stats.elapsed
+        if r.failure is not None:
+            failure = r.failure
+            break
+    changed = {k: v for k, v in fronts.items() if start.get(k) != v}
+    return TaskResult(frozenset(states), failure, stats, changed)
+
+
+def _batches(tasks: Sequence[Task], n: int) -> list[tuple[Task, ...]]:
+    """``tasks`` in ``n`` contiguous groups (neighbours in the search order share the most)."""
+    n = max(1, min(n, len(tasks)))
+    size, extra = divmod(len(tasks), n)
+    out, i = [], 0
+    for b in range(n):
+        j = i + size + (b < extra)
+        out.append(tuple(tasks[i:j]))
+        i = j
+    return out
+
+
+def _merge_fronts(into: Fronts, part: Fronts) -> None:
+    for k, (none, any_) in part.items():
+        old = into.get(k)
+        into[k] = (none, any_) if old is None else (min(old[0], none), min(old[1], any_))
 
 
 @dataclass(slots=True)
@@ -142,23 +192,40 @@ def explore_distributed(
         pending = [Task(p, n) for p, n in top.frontier]
     else:
         pending, shards = resume
-    futures = {client.submit(run_task, config, t, preemptions, reduce, symmetry, max_depth,
-                             pure=False): t for t in pending}
+    workers = max(1, sum(client.nthreads().values()))
+    queue = _batches(pending, BATCHES_PER_WORKER * workers)
+    queue.reverse()  # popped from the end: in search order
+    fronts: Fronts = {}
+    futures: dict[Any, tuple[Task, ...]] = {}
+
+    def submit() -> Any:
+        batch = queue.pop()
+        future = client.submit(run_batch, config, batch, dict(fronts), preemptions, reduce,
+                               symmetry, max_depth, pure=False)
+        futures[future] = batch
+        return future
+
+    running = as_completed(  # type: ignore[no-untyped-call]
+        [submit() for _ in range(min(workers, len(queue)))])
     left = list(pending)
     failure: Failure | None = None
-    for future in as_completed(list(futures)):  # type: ignore[no-untyped-call]
+    for future in running:
         part: TaskResult = future.result()
-        left.remove(futures[future])
+        for task in futures.pop(future):
+            left.remove(task)
         shards.add(part.states)
         _merge(stats, part.stats)
+        _merge_fronts(fronts, part.fronts)
         stats.elapsed += part.stats.elapsed
         if save is not None:
             save(_checkpoint_text(config, left, shards))
-        if part.failure is not None and failure is None:
+        if part.failure is not None:
             failure = part.failure
             for f in futures:
                 f.cancel()
             break
+        if queue:
+            running.add(submit())  # type: ignore[no-untyped-call]
     # The merged visited set holds worlds (orbits without the scheduler context: Result.states),
     # so here states and worlds are the same count.
     stats.states = stats.worlds = len(shards)
@@ -171,4 +238,4 @@ def finding_kinds(failure: Failure | None) -> set[str]:
 
 
 __all__ = ["Finding", "Shards", "Task", "TaskResult", "explore_distributed", "load_checkpoint",
-           "run_task"]
+           "run_batch"]

@@ -224,6 +224,7 @@ def explore(
     frontier_depth: int | None = None,
     progress: Progress | None = None,
     progress_every: int = 50,
+    fronts: dict[int, tuple[int, int]] | None = None,
 ) -> Result:
     """Exhaustive search up to ``preemptions`` (None: unbounded) and ``max_depth`` steps.
 
@@ -239,7 +240,11 @@ def explore(
     at that depth and returns where it stopped as ``Result.frontier`` (the distributed search's
     prefix tasks).  ``time_limit`` (seconds) stops the search between runs; the result is then
     incomplete.  ``symmetry`` identifies states that differ only by a permutation of vCPUs
-    running the same script (:func:`kvmmu.check.keys.symmetric_key`).
+    running the same script (:func:`kvmmu.check.keys.symmetric_key`).  ``fronts`` (with
+    ``reduce``, when the depth is not a bound) is what other searches of the same configuration
+    explored completely: world -> the fewest preemptions it was explored with from no context,
+    and from any; the search cuts the worlds it covers, as its own, and adds its own to it (the
+    distributed search's batches share it).
     """
     stats = Stats()
     t0 = time.perf_counter()
@@ -268,8 +273,8 @@ def explore(
     reached: set[int] = set()
     # Domination across scheduler contexts (see the module docstring): world (orbit, without the
     # context) -> the fewest preemptions it was explored with from no context, and from any.
-    cross = reduce and bounded and not depth_is_bound
-    wfront: dict[int, tuple[int, int]] = {}
+    cross = reduce and not depth_is_bound and (bounded or fronts is not None)
+    wfront: dict[int, tuple[int, int]] = {} if fronts is None else fronts
     wconcrete: dict[int, tuple[int, int]] = {} if symmetric else wfront
     worlds: set[int] = set()
 

@@ -245,7 +245,9 @@ def _mode_text(result: Result) -> str:
               help="Stop the search after this long; the result says it is incomplete.")
 @click.option("--distributed", is_flag=True,
               help="Split the exhaustive search into prefix tasks and run them on dask."
-                   "distributed: a local cluster of --workers processes, or --scheduler.")
+                   "distributed (a local cluster of --workers processes, or --scheduler), in "
+                   "batches of tasks, a few per worker; each batch starts with the worlds the "
+                   "finished ones explored and does not explore them again.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Worker processes of the local cluster (--distributed).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -255,7 +257,7 @@ def _mode_text(result: Result) -> str:
 @click.option("--prefix-depth", type=click.IntRange(1), default=None, metavar="D",
               help="Where the tree is cut into tasks (--distributed; default 12 steps).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Checkpoint file of the distributed search: written after every task; an "
+              help="Checkpoint file of the distributed search: written after every batch; an "
                    "existing one is resumed (--distributed).")
 @click.option("--wrap", "wrap", is_flag=True,
               help="Report, strategy by strategy, whether it is correct across the MMIO "

@@ -10,8 +10,9 @@ state), so any worker can run any task.  ``dask.distributed`` schedules the task
 ``LocalCluster`` of worker processes by default, or a running scheduler by address.
 
 Tasks run in *batches*, a few per worker (TLC's and Spin's swarm runs likewise hand each worker
-long jobs rather than one per state): a batch explores its prefixes one after the other, each
-cutting the worlds the earlier ones explored, and starts with what every batch finished so far
+long jobs rather than one per state): a batch explores its prefixes one after the other in one
+:class:`~kvmmu.check.explore.Memo` (each cutting the worlds the earlier ones explored, all sharing
+the edge map and the canonicaliser's caches), and starts with what every batch finished so far
 explored (``fronts``: world -> the fewest preemptions it was explored with, as the local search
 keeps it; a world explored completely within the bound from no more preemptions covers the
 same world reached again, so the cut is the local search's own, :mod:`kvmmu.check.explore`).
@@ -36,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kvmmu.check.explore import DEFAULT_MAX_DEPTH, Failure, Result, Stats, explore
+from kvmmu.check.explore import DEFAULT_MAX_DEPTH, Failure, Memo, Result, Stats, explore
 from kvmmu.check.world import CheckConfig, Finding
 
 #: Runs stop at this depth in the local part; the default scenario's runs are 30 to 90 steps.
@@ -77,16 +78,18 @@ class TaskResult:
 def run_batch(config: CheckConfig, tasks: Sequence[Task], fronts: Fronts,
               preemptions: int | None, reduce: bool, symmetry: bool,
               max_depth: int) -> TaskResult:
-    """Prefix tasks one after the other, sharing ``fronts`` (a top-level function, so that a
-    worker process can unpickle it).  Stops at the first counterexample."""
+    """Prefix tasks one after the other, sharing one :class:`~kvmmu.check.explore.Memo` that
+    starts with ``fronts`` (a top-level function, so that a worker process can unpickle it).
+    Stops at the first counterexample."""
     start = dict(fronts)
+    memo = Memo(fronts=fronts)
     states: set[int] = set()
     stats = Stats()
     failure: Failure | None = None
     for task in tasks:
         r = explore(config, preemptions=preemptions, reduce=reduce, symmetry=symmetry,
                     max_depth=max_depth, keep_states=True, start=task.prefix,
-                    start_preemptions=task.preemptions, fronts=fronts)
+                    start_preemptions=task.preemptions, memo=memo)
         assert r.states is not None
         states |= r.states
         _merge(stats, r.stats)

@@ -126,6 +126,25 @@ Progress = Callable[[Stats], None]
 
 
 @dataclass(slots=True)
+class Memo:
+    """What a search learns that a later search of the *same configuration* may use.
+
+    Facts about the model: the frame canonicaliser's caches (plans per code object), the edge map
+    (world and thread -> successor) and the shared states whose invariant held.  And ``fronts``:
+    each world explored *completely* (with ``reduce``, when the depth is not a bound: every run
+    below it finished) -> the fewest preemptions it was explored with from no scheduler context,
+    and from any; a later search cuts the worlds it covers as it cuts its own (module docstring,
+    domination across scheduler contexts).  A search stopped early (a finding, the time limit,
+    ``frontier_depth``) leaves fronts of worlds it did not finish: its memo is not to be reused.
+    """
+
+    canon: FrameCanon = field(default_factory=FrameCanon)
+    edges: Edges = field(default_factory=Edges)
+    checked: set[int] = field(default_factory=set)
+    fronts: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class _Run:
     """One execution of a schedule on a fresh world, with its bookkeeping."""
 
@@ -224,7 +243,7 @@ def explore(
     frontier_depth: int | None = None,
     progress: Progress | None = None,
     progress_every: int = 50,
-    fronts: dict[int, tuple[int, int]] | None = None,
+    memo: Memo | None = None,
 ) -> Result:
     """Exhaustive search up to ``preemptions`` (None: unbounded) and ``max_depth`` steps.
 
@@ -240,21 +259,20 @@ def explore(
     at that depth and returns where it stopped as ``Result.frontier`` (the distributed search's
     prefix tasks).  ``time_limit`` (seconds) stops the search between runs; the result is then
     incomplete.  ``symmetry`` identifies states that differ only by a permutation of vCPUs
-    running the same script (:func:`kvmmu.check.keys.symmetric_key`).  ``fronts`` (with
-    ``reduce``, when the depth is not a bound) is what other searches of the same configuration
-    explored completely: world -> the fewest preemptions it was explored with from no context,
-    and from any; the search cuts the worlds it covers, as its own, and adds its own to it (the
-    distributed search's batches share it).
+    running the same script (:func:`kvmmu.check.keys.symmetric_key`).  ``memo`` carries what
+    earlier searches of the same configuration learnt into this one, and what this one learns
+    out (:class:`Memo`; the distributed search's batches share one).
     """
     stats = Stats()
     t0 = time.perf_counter()
     bounded = preemptions is not None
-    canon = FrameCanon()
+    learnt = Memo() if memo is None else memo
+    canon = learnt.canon
     # key -> Pareto front of (preemptions used, depth) at which the state was explored.
     visited: dict[int, tuple[tuple[int, int], ...]] = {}
     # Shared states whose invariant held: check_state() reads shared state only.
-    checked: set[int] = set()
-    edges = Edges()
+    checked = learnt.checked
+    edges = learnt.edges
     # (schedule prefix, preemptions it used, hashes before its last step, its node)
     stack: list[tuple[tuple[int, ...], int, _Seeds | None, _Node | None]] = [
         (tuple(start), start_preemptions, None, None)]
@@ -273,8 +291,8 @@ def explore(
     reached: set[int] = set()
     # Domination across scheduler contexts (see the module docstring): world (orbit, without the
     # context) -> the fewest preemptions it was explored with from no context, and from any.
-    cross = reduce and not depth_is_bound and (bounded or fronts is not None)
-    wfront: dict[int, tuple[int, int]] = {} if fronts is None else fronts
+    cross = reduce and not depth_is_bound and (bounded or memo is not None)
+    wfront = learnt.fronts if cross else {}
     wconcrete: dict[int, tuple[int, int]] = {} if symmetric else wfront
     worlds: set[int] = set()
 

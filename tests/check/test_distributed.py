@@ -5,6 +5,7 @@ One cluster for the module (starting worker processes costs seconds); small conf
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,8 +88,11 @@ def test_batches_cut_the_worlds_that_finished_batches_explored(client: Any) -> N
     top = explore(config, preemptions=1, keep_states=True, frontier_depth=6)
     alone = [run_batch(config, [Task(p, n)], {}, 1, True, True, DEFAULT_MAX_DEPTH)
              for p, n in top.frontier]
+    t0 = time.perf_counter()
     dist = explore_distributed(config, client, preemptions=1, prefix_depth=6)
+    wall = time.perf_counter() - t0
     assert dist.failure is None and dist.complete and len(top.frontier) > 4
+    assert 0 < dist.stats.elapsed <= wall  # the search's wall-clock time, not the workers' sum
     assert dist.states == top.states.union(*(a.states for a in alone))
     assert dist.stats.schedules < top.stats.schedules + sum(a.stats.schedules for a in alone)
 

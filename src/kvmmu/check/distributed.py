@@ -33,6 +33,7 @@ runs only those tasks (starting with empty fronts: the result is the same, the w
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -176,11 +177,14 @@ def explore_distributed(
     """The exhaustive search as prefix tasks on ``client`` (a ``distributed.Client``).
 
     ``resume`` (from :func:`load_checkpoint`) skips the local part; ``save`` receives the
-    checkpoint text after every finished task.  ``Result.states`` is the merged visited set.
+    checkpoint text after every finished batch.  ``Result.states`` is the merged visited set;
+    ``stats.elapsed`` the wall-clock time of the search (the cluster's throughput, not the sum of
+    the workers' times).
     """
     from distributed import as_completed  # the cluster is only needed here
 
     stats = Stats()
+    t0 = time.perf_counter()
     if resume is None:
         top = explore(config, preemptions=preemptions, reduce=reduce, symmetry=symmetry,
                       max_depth=max_depth, keep_states=True, frontier_depth=prefix_depth)
@@ -188,8 +192,8 @@ def explore_distributed(
         shards = Shards()
         shards.add(top.states)
         _merge(stats, top.stats)
-        stats.elapsed = top.stats.elapsed
         if top.failure is not None:
+            stats.elapsed = time.perf_counter() - t0
             return Result("distributed", stats, top.failure, False, preemptions, max_depth,
                           states=shards.all())
         pending = [Task(p, n) for p, n in top.frontier]
@@ -219,7 +223,6 @@ def explore_distributed(
         shards.add(part.states)
         _merge(stats, part.stats)
         _merge_fronts(fronts, part.fronts)
-        stats.elapsed += part.stats.elapsed
         if save is not None:
             save(_checkpoint_text(config, left, shards))
         if part.failure is not None:
@@ -232,6 +235,7 @@ def explore_distributed(
     # The merged visited set holds worlds (orbits without the scheduler context: Result.states),
     # so here states and worlds are the same count.
     stats.states = stats.worlds = len(shards)
+    stats.elapsed = time.perf_counter() - t0
     return Result("distributed", stats, failure, failure is None and not left, preemptions,
                   max_depth, states=shards.all())
 

@@ -377,7 +377,8 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
         out.print(f"kvmmu check: {config.summary()}")
         out.print(f"mode: {_mode_text(result)}")
         out.print(f"states explored: {stats.states} ({stats.worlds} worlds)  schedules run: "
-                  f"{stats.schedules}  time: {stats.elapsed:.2f} s  "
+                  f"{stats.schedules}  time: {stats.elapsed:.2f} s"
+                  f"{' wall on the cluster' if result.mode == 'distributed' else ''}  "
                   f"({stats.states_per_second:,.0f} states/s)")
         out.print(f"pruned: {stats.pruned} at visited states ({stats.context_pruned} explored "
                   f"from another scheduler context), {stats.sleep_pruned} by the partial-order "

@@ -16,8 +16,11 @@ expected where the strategy is broken; the ``zap-*`` lines show the model bug re
 explorer (a stale per-vCPU MMIO cache after the ioctl returns).  Figures, never assertions.
 
 Run: ``.venv/bin/python benchmarks/bench_check.py [--bounds 1,2] [--quick] [--full]
-[--three SECONDS]``; ``--bounds none`` explores every interleaving (minutes for 2 vCPUs x 2
-accesses x 2 updates); ``--full`` adds the unreduced search; ``--three`` the 3-vCPU configuration.
+[--three SECONDS] [--distributed WORKERS]``; ``--bounds none`` explores every interleaving
+(minutes for 2 vCPUs x 2 accesses x 2 updates); ``--full`` adds the unreduced search; ``--three``
+the 3-vCPU configuration; ``--distributed`` the 2x2x2 search at the largest bound on a local dask
+cluster of that many worker processes (wall-clock time, the cluster started beforehand; its
+worlds are the local search's, its runs more: batches running at once do not share).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ def main() -> None:
                     help="also the unreduced search (no sleep sets, no symmetry) at 2x2x2")
     ap.add_argument("--three", type=float, default=None, metavar="SECONDS",
                     help="also 3 vCPUs x 2 accesses x 2 updates at bound 2, with this time limit")
+    ap.add_argument("--distributed", type=int, default=None, metavar="WORKERS",
+                    help="also the 2x2x2 search on a local dask cluster of WORKERS processes")
     args = ap.parse_args()
     bounds = [None if b.strip() == "none" else int(b) for b in
               ("1" if args.quick else args.bounds).split(",")]
@@ -80,6 +85,26 @@ def main() -> None:
     if args.three is not None:
         row("generation 3x2x2", CheckConfig("generation", vcpus=3, updates=2), 2,
             time_limit=args.three)
+    if args.distributed is not None:
+        distributed_row(CheckConfig("generation", vcpus=2, updates=2), max(
+            (b for b in bounds if b is not None), default=None), args.distributed)
+
+
+def distributed_row(config: CheckConfig, bound: int | None, workers: int) -> None:
+    from distributed import Client, LocalCluster
+
+    from kvmmu.check.distributed import WORKER_ENV, explore_distributed
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
+                      dashboard_address=None, env=dict(WORKER_ENV)) as cluster, \
+            Client(cluster) as client:  # type: ignore[no-untyped-call]
+        r = explore_distributed(config, client, preemptions=bound)
+    s = r.stats
+    verdict = "ok" if r.failure is None else f"VIOLATION ({r.failure.findings[0].kind})"
+    b = "none" if bound is None else str(bound)
+    print(f"{'generation 2x2x2 on ' + str(workers) + ' workers':46s} bound {b:>4s} distrib "
+          f"{s.worlds:>9,d} worlds {s.schedules:>8,d} schedules {s.elapsed:7.2f} s wall "
+          f"{s.worlds / max(s.elapsed, 1e-9):>8,.0f} worlds/s  {verdict}", flush=True)
 
 
 if __name__ == "__main__":

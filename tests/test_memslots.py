@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from kvmmu.memslots import (
     KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
     KVM_USER_MEM_SLOTS,
     MemoryRegionRequest,
+    Memslot,
     Memslots,
     MemslotState,
     plan_memory_region,
@@ -329,3 +332,33 @@ def test_a_failing_move_is_invalidated_and_flushed_before_it_fails_on_6_x() -> N
     create = VM("generation", mmu="ept", maxphyaddr=46)
     assert errno_of(create, 0, 0, 1 << 46, 0x1000, HVA) == "EINVAL"
     assert create.generation == 0  # a CREATE is refused before anything is published
+
+
+@pytest.mark.parametrize(("field", "value", "bits"), [
+    ("slot", -1, 32), ("flags", 1 << 32, 32), ("guest_phys_addr", 1 << 64, 64),
+    ("memory_size", -0x1000, 64), ("userspace_addr", 1 << 64, 64),
+])
+def test_plan_names_the_field_that_does_not_fit(field: str, value: int, bits: int) -> None:
+    state = MemslotState.create("modern", 1, gen_mask=(1 << 19) - 1, start_below_wrap=None)
+    args = {"slot": 1, "flags": 0, "guest_phys_addr": 0, "memory_size": 0x1000,
+            "userspace_addr": HVA, field: value}
+    with pytest.raises(KvmError, match=rf"^EINVAL: {field} .* does not fit in a u{bits}$"):
+        plan_memory_region(MemoryRegionRequest(**args), state, phys_bits=52)
+
+
+def test_the_invalid_copy_is_the_slot_marked_invalid_sharing_its_dirty_bitmap() -> None:
+    slot = Memslot(3, 1, 0x100, 16, KVM_MEM_LOG_DIRTY_PAGES, HVA, dirty_bitmap=bytearray(8))
+    copy = slot.invalidated()
+    assert copy == replace(slot, invalid=True) and copy.invalid and not slot.invalid
+    assert copy.dirty_bitmap is slot.dirty_bitmap
+
+
+def test_every_new_vm_starts_without_slots_whatever_another_vm_did() -> None:
+    """New VMs share the empty slot set: an update builds a new set and leaves it empty."""
+    a = VM("generation")
+    a.set_user_memory_region(0, 0, 0, 0x1000, HVA)
+    a.set_user_memory_region(1 << 16 | 2, 0, 0x10000, 0x1000, HVA)
+    b = VM("generation")
+    assert [len(s) for s in b.kvm.memslots.active] == [0, 0]
+    assert b.kvm.memslots.active[0].lookup(0) is None
+    assert len(a.kvm.memslots.active[0]) == len(a.kvm.memslots.active[1]) == 1

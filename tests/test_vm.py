@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import random
 import zlib
+from typing import Any
 
 import pytest
 
 from kvmmu import STRATEGIES, VM, KvmError, Step
 from kvmmu.memslots import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kvmmu.vm import VmSpec
 
 HVA = 0x7F00_0000_0000
 
@@ -248,3 +250,55 @@ def test_the_state_digest_tells_a_zapped_root_from_a_live_one() -> None:
     live = vm.state_key()
     root.invalid = True  # the same page and generation, zapped (as after two toggles)
     assert vm.state_key() != live
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"strategy": "generation-3.11", "mmu": "shadow", "maxphyaddr": 39},
+    {"strategy": "generation+no-wrap-zap", "mmio_gen_bits": 2, "start_near_wrap": 1,
+     "slot_zap": "slot", "address_spaces": 1},
+    {"strategy": "generation", "tdp_mmu": True, "mmio_caching": False, "nr_memslots": 3,
+     "oracle": False},
+])
+def test_a_vm_from_a_spec_is_the_vm_the_same_arguments_build(kwargs: dict[str, Any]) -> None:
+    """``VM.from_spec`` is ``VM(...)`` with the arguments checked once: same profile, same
+    state, the same answers to the same operations."""
+    spec = VmSpec.of(**kwargs)
+    built, direct = VM.from_spec(spec), VM(**kwargs)
+    for vm in (built, direct):
+        vm.set_user_memory_region(0, 0, 0, 0x10000, HVA)
+        vcpu = vm.create_vcpu()
+        vcpu.access(0x1000, write=True, value=7)
+        vcpu.access(0x10_0000)
+        vm.set_user_memory_region(0, 0, 0, 0, 0)
+    assert built.strategy == direct.strategy and built.nr_memslots == direct.nr_memslots
+    assert built.kvm.gen_mask == direct.kvm.gen_mask and built.generation == direct.generation
+    assert built.kvm.mmu.codec == direct.kvm.mmu.codec
+    assert built.kvm.mmu.tdp_mmu == direct.kvm.mmu.tdp_mmu
+    assert built.arch.slot_zap == direct.arch.slot_zap
+    assert built.state_key() == direct.state_key()
+    assert built.stats == direct.stats
+
+
+def test_vms_built_from_one_spec_share_no_state() -> None:
+    spec = VmSpec.of("generation")
+    a, b = VM.from_spec(spec), VM.from_spec(spec)
+    a.set_user_memory_region(0, 0, 0, 0x10000, HVA)
+    a.create_vcpu().access(0x1000, write=True, value=1)
+    assert b.memslots() == [] and b.vcpus == [] and not b.kvm.mmu.active
+    assert b.state_key() == VM("generation").state_key() != a.state_key()
+
+
+@pytest.mark.parametrize(("kwargs", "error", "needle"), [
+    ({"strategy": "nope"}, ValueError, "unknown strategy 'nope'"),
+    ({"layout": "2015"}, ValueError, "unknown layout"),
+    ({"tdp_mmu": True, "mmu": "shadow"}, ValueError, "needs two-dimensional paging"),
+    ({"preempt": 1}, TypeError, "preempt must be a bool"),
+])
+def test_a_spec_refuses_what_the_constructor_refuses(
+    kwargs: dict[str, Any], error: type[Exception], needle: str
+) -> None:
+    with pytest.raises(error, match=needle):
+        VmSpec.of(**kwargs)
+    with pytest.raises(error, match=needle):
+        VM(**kwargs)

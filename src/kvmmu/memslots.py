@@ -34,12 +34,12 @@ Generations step as the selected era did (design note sections 2 and 4):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
 
 from kvmmu.errors import KvmError
-from kvmmu.mmu.steps import Step, Steps
+from kvmmu.mmu.steps import PUBLISH_MEMSLOTS, WRITE_GENERATION, Steps
 from kvmmu.persistent import SortedMap
 from kvmmu.spte import PAGE_SHIFT, PAGE_SIZE
 from kvmmu.sync import Srcu
@@ -55,6 +55,7 @@ KVM_MEM_MAX_NR_PAGES: Final = (1 << 31) - 1
 TASK_SIZE_MAX: Final = (1 << 47) - PAGE_SIZE
 KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS: Final = 1 << 63
 U64_MASK: Final = (1 << 64) - 1
+_U32_MAX: Final = (1 << 32) - 1
 HPAGE_GFNS: Final = 512  # 2 MiB / 4 KiB
 ERAS: Final = ("2013", "2014", "2015", "modern")
 #: The APIC access page's private memslot (``APIC_ACCESS_PAGE_PRIVATE_MEMSLOT``) on VMX hosts with
@@ -70,6 +71,20 @@ class Change(Enum):
     MOVE = "move"
     FLAGS_ONLY = "flags-only"
     NONE = "none"
+
+
+# The members as module constants for the hot paths (as kvmmu.mmu.steps does for Step: on Python
+# 3.11 ``Change.X`` goes through the enum metaclass and costs about 8x a module global).
+CREATE: Final = Change.CREATE
+DELETE: Final = Change.DELETE
+MOVE: Final = Change.MOVE
+FLAGS_ONLY: Final = Change.FLAGS_ONLY
+NO_CHANGE: Final = Change.NONE
+#: The changes that back new gfns (an MMIO SPTE there may now be wrong) and the changes that
+#: publish the old slot invalid first.  Tuples: ``in`` tests identity first, and ``Enum.__hash__``
+#: is a Python function, so a frozenset would be slower.
+ADDS_BACKING: Final = (CREATE, MOVE)
+INVALIDATES: Final = (DELETE, MOVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +137,12 @@ class Memslot:
             return False
         return not self.flags & KVM_MEM_LOG_DIRTY_PAGES
 
+    def invalidated(self) -> Memslot:
+        """This slot with ``KVM_MEMSLOT_INVALID`` set (the copy a DELETE or MOVE publishes first),
+        sharing the dirty bitmap: ``dataclasses.replace`` spelt out, at a fifth of its cost."""
+        return Memslot(self.id, self.as_id, self.base_gfn, self.npages, self.flags,
+                       self.userspace_addr, True, self.dirty_bitmap)
+
     def mark_dirty(self, gfn: int) -> None:
         """``mark_page_dirty_in_slot()``."""
         if self.dirty_bitmap is not None:
@@ -166,6 +187,11 @@ class SlotSet:
         if old is None:
             return self
         return SlotSet(self.by_id.delete(slot_id), self.by_gfn.delete(old.base_gfn))
+
+
+#: The slots of an address space no slot was ever created in: one shared value (a set is never
+#: changed in place), so that every new VM does not build its own empty indexes.
+NO_SLOTS: Final = SlotSet(SortedMap(), SortedMap())
 
 
 class Memslots:
@@ -274,84 +300,88 @@ def plan_memory_region(request: MemoryRegionRequest, state: MemslotState, *, phy
     below ``kvm_mmu_max_gfn()`` (the guest physical address width) comes after it.
     """
     r = request
-    for name, value, bits in (("slot", r.slot, 32), ("flags", r.flags, 32),
-                              ("guest_phys_addr", r.guest_phys_addr, 64),
-                              ("memory_size", r.memory_size, 64),
-                              ("userspace_addr", r.userspace_addr, 64)):
-        if not 0 <= value < (1 << bits):
-            raise KvmError("EINVAL", f"{name} {value:#x} does not fit in a u{bits}")
-    if r.slot_id >= nr_memslots:
-        raise KvmError("EINVAL", f"slot id {r.slot_id} >= KVM_CAP_NR_MEMSLOTS ({nr_memslots})")
-    if r.flags & ~VALID_FLAGS:
-        raise KvmError("EINVAL", f"unknown flags {r.flags & ~VALID_FLAGS:#x} "
+    slot, flags, gpa, size, uaddr = (r.slot, r.flags, r.guest_phys_addr, r.memory_size,
+                                     r.userspace_addr)
+    if not (0 <= slot <= _U32_MAX and 0 <= flags <= _U32_MAX and 0 <= gpa <= U64_MASK
+            and 0 <= size <= U64_MASK and 0 <= uaddr <= U64_MASK):
+        for name, value, bits in (("slot", slot, 32), ("flags", flags, 32),
+                                  ("guest_phys_addr", gpa, 64), ("memory_size", size, 64),
+                                  ("userspace_addr", uaddr, 64)):
+            if not 0 <= value < (1 << bits):
+                raise KvmError("EINVAL", f"{name} {value:#x} does not fit in a u{bits}")
+    as_id, slot_id = (slot >> 16) & 0xFFFF, slot & 0xFFFF  # r.as_id, r.slot_id
+    if slot_id >= nr_memslots:
+        raise KvmError("EINVAL", f"slot id {slot_id} >= KVM_CAP_NR_MEMSLOTS ({nr_memslots})")
+    if flags & ~VALID_FLAGS:
+        raise KvmError("EINVAL", f"unknown flags {flags & ~VALID_FLAGS:#x} "
                        f"(valid: LOG_DIRTY_PAGES=1, READONLY=2)")
-    if r.memory_size & (PAGE_SIZE - 1):
-        raise KvmError("EINVAL", f"memory_size {r.memory_size:#x} is not 4 KiB aligned")
-    if r.guest_phys_addr & (PAGE_SIZE - 1):
-        raise KvmError("EINVAL", f"guest_phys_addr {r.guest_phys_addr:#x} is not 4 KiB aligned")
-    if r.userspace_addr & (PAGE_SIZE - 1):
-        raise KvmError("EINVAL", f"userspace_addr {r.userspace_addr:#x} is not 4 KiB aligned")
-    if r.userspace_addr + r.memory_size > TASK_SIZE_MAX:
-        raise KvmError("EINVAL", f"userspace range {r.userspace_addr:#x}+{r.memory_size:#x} "
+    if size & (PAGE_SIZE - 1):
+        raise KvmError("EINVAL", f"memory_size {size:#x} is not 4 KiB aligned")
+    if gpa & (PAGE_SIZE - 1):
+        raise KvmError("EINVAL", f"guest_phys_addr {gpa:#x} is not 4 KiB aligned")
+    if uaddr & (PAGE_SIZE - 1):
+        raise KvmError("EINVAL", f"userspace_addr {uaddr:#x} is not 4 KiB aligned")
+    if uaddr + size > TASK_SIZE_MAX:
+        raise KvmError("EINVAL", f"userspace range {uaddr:#x}+{size:#x} "
                        "is not user memory (access_ok)")
-    if r.as_id >= state.nr_as:
-        raise KvmError("EINVAL", f"address space {r.as_id} not supported ({state.nr_as} here)")
-    if r.guest_phys_addr + r.memory_size > U64_MASK:
+    if as_id >= state.nr_as:
+        raise KvmError("EINVAL", f"address space {as_id} not supported ({state.nr_as} here)")
+    if gpa + size > U64_MASK:
         raise KvmError("EINVAL", "guest_phys_addr + memory_size wraps past 2^64")
-    if (r.memory_size >> PAGE_SHIFT) > KVM_MEM_MAX_NR_PAGES:
-        raise KvmError("EINVAL", f"memory_size {r.memory_size:#x} exceeds KVM_MEM_MAX_NR_PAGES")
-    slots = state.active[r.as_id]
-    old = slots.by_id.get(r.slot_id)
-    if r.memory_size == 0:
+    if (size >> PAGE_SHIFT) > KVM_MEM_MAX_NR_PAGES:
+        raise KvmError("EINVAL", f"memory_size {size:#x} exceeds KVM_MEM_MAX_NR_PAGES")
+    slots = state.active[as_id]
+    old = slots.by_id.get(slot_id)
+    if size == 0:
         if old is None:
-            raise KvmError("EINVAL", f"delete of slot {r.slot_id}, which does not exist")
-        return MemslotPlan(Change.DELETE, r.as_id, old, None)
-    base_gfn = r.guest_phys_addr >> PAGE_SHIFT
-    npages = r.memory_size >> PAGE_SHIFT
+            raise KvmError("EINVAL", f"delete of slot {slot_id}, which does not exist")
+        return MemslotPlan(DELETE, as_id, old, None)
+    base_gfn = gpa >> PAGE_SHIFT
+    npages = size >> PAGE_SHIFT
     if old is None:
-        change = Change.CREATE
+        change = CREATE
     else:
-        if r.userspace_addr != old.userspace_addr:
-            raise KvmError("EINVAL", f"slot {r.slot_id}: userspace_addr cannot change "
-                           f"({old.userspace_addr:#x} -> {r.userspace_addr:#x})")
+        if uaddr != old.userspace_addr:
+            raise KvmError("EINVAL", f"slot {slot_id}: userspace_addr cannot change "
+                           f"({old.userspace_addr:#x} -> {uaddr:#x})")
         if npages != old.npages:
-            raise KvmError("EINVAL", f"slot {r.slot_id}: size cannot change "
-                           f"({old.npages << PAGE_SHIFT:#x} -> {r.memory_size:#x})")
-        if (r.flags ^ old.flags) & KVM_MEM_READONLY:
-            raise KvmError("EINVAL", f"slot {r.slot_id}: KVM_MEM_READONLY cannot be toggled")
+            raise KvmError("EINVAL", f"slot {slot_id}: size cannot change "
+                           f"({old.npages << PAGE_SHIFT:#x} -> {size:#x})")
+        if (flags ^ old.flags) & KVM_MEM_READONLY:
+            raise KvmError("EINVAL", f"slot {slot_id}: KVM_MEM_READONLY cannot be toggled")
         if base_gfn != old.base_gfn:
-            change = Change.MOVE
-        elif r.flags != old.flags:
-            change = Change.FLAGS_ONLY
+            change = MOVE
+        elif flags != old.flags:
+            change = FLAGS_ONLY
         else:
-            return MemslotPlan(Change.NONE, r.as_id, old, old)
-    if change in (Change.CREATE, Change.MOVE):
-        other = slots.overlapping(base_gfn, base_gfn + npages, r.slot_id)
+            return MemslotPlan(NO_CHANGE, as_id, old, old)
+    if change in ADDS_BACKING:
+        other = slots.overlapping(base_gfn, base_gfn + npages, slot_id)
         if other is not None:
-            raise KvmError("EEXIST", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} overlaps "
+            raise KvmError("EEXIST", f"gpa {gpa:#x}+{size:#x} overlaps "
                            f"slot {other.id} at gpa {other.base_gfn << PAGE_SHIFT:#x}"
                            f"+{other.npages << PAGE_SHIFT:#x}")
-        if (apic_access_page and r.as_id == 0
+        if (apic_access_page and as_id == 0
                 and base_gfn <= APIC_ACCESS_GFN < base_gfn + npages):
             # The private slot is a memslot like the others: kvm_check_memslot_overlap() sees it.
-            raise KvmError("EEXIST", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} overlaps "
+            raise KvmError("EEXIST", f"gpa {gpa:#x}+{size:#x} overlaps "
                            "the APIC access page's private slot at gpa 0xfee00000")
         if max_gfn_check and (base_gfn + npages - 1) > (1 << (phys_bits - PAGE_SHIFT)) - 1:
-            error = KvmError("EINVAL", f"gpa {r.guest_phys_addr:#x}+{r.memory_size:#x} is beyond "
+            error = KvmError("EINVAL", f"gpa {gpa:#x}+{size:#x} is beyond "
                              f"the {phys_bits}-bit guest physical address width")
-            if change is not Change.MOVE:
+            if change is not MOVE:
                 raise error
             # A MOVE is invalidated (published invalid, flushed) before arch prepare runs; the
             # failure then restores the old slot (v6.1 kvm_set_memslot(): kvm_invalidate_memslot,
             # kvm_prepare_memory_region fails, kvm_activate_memslot(kvm, invalid_slot, old)).
-            return MemslotPlan(change, r.as_id, old, old, prepare_error=error)
+            return MemslotPlan(change, as_id, old, old, prepare_error=error)
     bitmap: bytearray | None = None
-    if r.flags & KVM_MEM_LOG_DIRTY_PAGES:
+    if flags & KVM_MEM_LOG_DIRTY_PAGES:
         bitmap = old.dirty_bitmap if old is not None and old.dirty_bitmap is not None \
             else new_dirty_bitmap(npages)
-    new = Memslot(r.slot_id, r.as_id, base_gfn, npages, r.flags, r.userspace_addr,
+    new = Memslot(slot_id, as_id, base_gfn, npages, flags, uaddr,
                   dirty_bitmap=bitmap)
-    return MemslotPlan(change, r.as_id, old, new)
+    return MemslotPlan(change, as_id, old, new)
 
 
 def initial_generation(era: str, as_id: int, *, gen_mask: int, start_below_wrap: int | None) -> int:
@@ -423,8 +453,8 @@ class MemslotState:
             raise ValueError(f"era must be one of {', '.join(ERAS)}, not {era!r}")
         if nr_as not in (1, 2):
             raise ValueError(f"address_spaces must be 1 or 2, not {nr_as}")
-        active = [Memslots(a, {}, initial_generation(era, a, gen_mask=gen_mask,
-                                                     start_below_wrap=start_below_wrap))
+        active = [Memslots(a, NO_SLOTS, initial_generation(era, a, gen_mask=gen_mask,
+                                                           start_below_wrap=start_below_wrap))
                   for a in range(nr_as)]
         return cls(era, nr_as, active, history=[[(0, s)] for s in active])
 
@@ -459,13 +489,13 @@ def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
         new = Memslots(as_id, by_id, old_gen + 1)  # odd: disables caching until the second step
     else:
         new = Memslots(as_id, by_id, old_gen | KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
-    yield Step.PUBLISH_MEMSLOTS
+    yield PUBLISH_MEMSLOTS
     state.publish(new)
     yield from srcu.synchronize()
     if era == "2013":
         yield from arch.memslots_updated(as_id, new.generation, change)
     elif era in ("2014", "2015"):
-        yield Step.WRITE_GENERATION
+        yield WRITE_GENERATION
         # 2014: + 1; 2015: += KVM_ADDRESS_SPACE_NUM * 2 - 1 ("the generation space is evenly
         # split across address spaces").
         new.generation += 1 if era == "2014" else 2 * state.nr_as - 1
@@ -473,22 +503,22 @@ def _swap_active_memslots(state: MemslotState, arch: ArchHooks, srcu: Srcu,
     else:
         gen = (new.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + state.nr_as
         yield from arch.memslots_updated(as_id, gen, change)
-        yield Step.WRITE_GENERATION
+        yield WRITE_GENERATION
         new.generation = gen
 
 
 def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: MemslotPlan
                       ) -> Steps[None]:
     """``kvm_set_memslot()``: publish the change, with the invalid copy first for DELETE/MOVE."""
-    if plan.change is Change.NONE:
+    if plan.change is NO_CHANGE:
         return
     as_id = plan.as_id
     state.updating = True
     state.stable_epoch = state.epoch  # until it returns, the ioctl promises nothing new
     try:
-        if plan.change in (Change.DELETE, Change.MOVE):
+        if plan.change in INVALIDATES:
             assert plan.old is not None
-            invalid = replace(plan.old, invalid=True)
+            invalid = plan.old.invalidated()
             yield from _swap_active_memslots(state, arch, srcu, as_id,
                                              state.active[as_id].with_slot(invalid), plan.change)
             # From here no vCPU can create SPTEs for the old slot: faults on it retry.
@@ -496,7 +526,7 @@ def set_memory_region(state: MemslotState, arch: ArchHooks, srcu: Srcu, plan: Me
             if plan.prepare_error is not None:
                 yield from _swap_active_memslots(state, arch, srcu, as_id,
                                                  state.active[as_id].with_slot(plan.old),
-                                                 Change.NONE)
+                                                 NO_CHANGE)
                 raise plan.prepare_error
         if plan.new is None:
             assert plan.old is not None

@@ -174,7 +174,9 @@ class Srcu:
                 return
 
     def _has_readers_before(self, target: int) -> bool:
-        return any(e < target for e in self.readers.values())
+        # The oldest reader's epoch decides; min() runs in C where any() over a generator would
+        # resume a Python frame per reader (the explorer asks at every state).
+        return min(self.readers.values(), default=target) < target
 
     def is_blocked(self) -> bool:
         return self.waiting_for is not None and self._has_readers_before(self.waiting_for)

@@ -9,7 +9,7 @@ interleaving explorer; the plain method drives that same generator to completion
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from kvmmu.devices import MmioBus, MmioDevice
@@ -17,9 +17,11 @@ from kvmmu.errors import KvmError
 from kvmmu.hostmem import HostMemory
 from kvmmu.memslots import (
     KVM_USER_MEM_SLOTS,
+    NO_CHANGE,
     Change,
     MemoryRegionRequest,
     Memslot,
+    MemslotPlan,
     MemslotState,
     plan_memory_region,
     set_memory_region,
@@ -28,9 +30,15 @@ from kvmmu.mmu.context import Kvm
 from kvmmu.mmu.faults import VcpuArch
 from kvmmu.mmu.invalidation import Strategy, X86Arch, resolve_strategy
 from kvmmu.mmu.pages import Mmu, ShadowPage
-from kvmmu.mmu.steps import Step, Steps, run_to_completion
+from kvmmu.mmu.steps import MMU_LOCK, MMU_READ_LOCK, SRCU_SYNC, Step, Steps, run_to_completion
 from kvmmu.oracle import Oracle
-from kvmmu.spte import LAYOUTS, MmioSpteCodec, ept_mmio_mask, shadow_mmio_mask
+from kvmmu.spte import (
+    LAYOUTS,
+    GenerationLayout,
+    MmioSpteCodec,
+    ept_mmio_mask,
+    shadow_mmio_mask,
+)
 from kvmmu.sync import Srcu
 from kvmmu.trace import Tracer
 from kvmmu.vcpu import Vcpu
@@ -75,6 +83,104 @@ class VMM:
         return "VMM"
 
 
+@dataclass(frozen=True, slots=True)
+class VmSpec:
+    """What :class:`VM` makes of its constructor's arguments before it builds anything: checked
+    once, with the defaults filled in (the strategy's kernel profile, the SPTE layout and MMIO
+    codec, the generation mask and where the generation starts).
+
+    ``VM(...)`` makes one per VM; a driver that builds many equal VMs (the explorer builds one
+    per schedule it replays) makes it once with :meth:`of` and each VM with :meth:`VM.from_spec`,
+    the same build from the same values.  ``slot_zap`` stays as given: :class:`X86Arch` resolves
+    and checks it when the VM is built.
+    """
+
+    strategy: Strategy
+    address_spaces: int
+    oracle: bool
+    strict: bool
+    phys_bits: int
+    layout: GenerationLayout
+    codec: MmioSpteCodec
+    gen_mask: int
+    #: How far below the wrap the memslot generation starts (None: at the era's start).
+    below: int | None
+    nr_memslots: int
+    apic_access_page: bool
+    slot_zap: str | None
+    large_pages: bool
+    preempt: bool
+    tdp_mmu: bool
+
+    @classmethod
+    def of(cls, strategy: str | Strategy = "generation", *, layout: str | None = None,
+           address_spaces: int | None = None, oracle: bool = True, strict: bool = False,
+           phys_bits: int | None = None, mmu: str = "ept", maxphyaddr: int = 46,
+           slot_zap: str | None = None, large_pages: bool = False,
+           start_near_wrap: bool | int | None = None, mmio_gen_bits: int | None = None,
+           mmio_caching: bool = True, nr_memslots: int | None = None,
+           apic_access_page: bool = False, preempt: bool = True, tdp_mmu: bool = False
+           ) -> VmSpec:
+        """The spec of ``VM(...)`` with these arguments (see :class:`VM`); raises as it does."""
+        _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
+                         nr_memslots)
+        profile = resolve_strategy(strategy)
+        if address_spaces is None:
+            address_spaces = profile.default_address_spaces
+        if not 1 <= address_spaces <= profile.max_address_spaces:
+            raise ValueError(f"address_spaces must be 1..{profile.max_address_spaces} for "
+                             f"{profile.name} (kernels {profile.kernels}), "
+                             f"not {address_spaces}")
+        if not isinstance(tdp_mmu, bool):
+            raise TypeError(f"tdp_mmu must be a bool, not {tdp_mmu!r}")
+        if tdp_mmu and not profile.tdp_mmu:
+            raise ValueError(f"{profile.name} (kernels {profile.kernels}) has no TDP "
+                             "MMU in this model: use the shadow MMU (tdp_mmu=False)")
+        if tdp_mmu and mmu != "ept":
+            raise ValueError("the TDP MMU needs two-dimensional paging: mmu='ept', not "
+                             f"{mmu!r}")
+        if phys_bits is None:
+            phys_bits = maxphyaddr if mmu == "ept" else 52
+        layout_name = layout or profile.layout
+        if layout_name not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout_name!r}; choose from {', '.join(LAYOUTS)}")
+        spte_layout = LAYOUTS[layout_name]
+        marker_era = "modern" if layout_name == "modern" else "2013"
+        if mmu == "ept":
+            marker = ept_mmio_mask(marker_era)
+        elif mmu == "shadow":
+            marker = shadow_mmio_mask(marker_era, maxphyaddr)
+        else:
+            raise ValueError(f"mmu must be one of {', '.join(MMU_KINDS)}, not {mmu!r}")
+        if not mmio_caching:
+            marker = replace(marker, caching=False)
+        if not 20 <= phys_bits <= 52:
+            raise ValueError(f"phys_bits must be 20..52, not {phys_bits}")
+        gen_mask = spte_layout.gen_mask
+        if mmio_gen_bits is not None:
+            if not 2 <= mmio_gen_bits <= spte_layout.gen_bits:
+                raise ValueError(f"mmio_gen_bits must be 2..{spte_layout.gen_bits}")
+            gen_mask = (1 << mmio_gen_bits) - 1
+        if start_near_wrap is None:
+            # The kernels whose MMIO SPTEs carry a generation and that started it near the wrap.
+            below: int | None = (WRAP_HEADROOM if profile.era != "modern"
+                                 and profile.mmio_generation else None)
+        elif start_near_wrap is True:
+            below = WRAP_HEADROOM
+        elif start_near_wrap is False:
+            below = None
+        else:
+            below = int(start_near_wrap)
+        if below is not None and below > gen_mask:
+            below = below % (gen_mask + 1) or gen_mask + 1
+        if not isinstance(preempt, bool):
+            raise TypeError(f"preempt must be a bool, not {preempt!r}")
+        return cls(profile, address_spaces, oracle, strict, phys_bits, spte_layout,
+                   MmioSpteCodec(spte_layout, marker), gen_mask, below,
+                   profile.nr_memslots if nr_memslots is None else nr_memslots,
+                   apic_access_page, slot_zap, large_pages, preempt, tdp_mmu)
+
+
 class VM:
     """A model VM.
 
@@ -105,86 +211,52 @@ class VM:
                  mmio_caching: bool = True, nr_memslots: int | None = None,
                  apic_access_page: bool = False, trace: bool | Tracer = False,
                  preempt: bool = True, tdp_mmu: bool = False) -> None:
-        _check_arguments(strategy, address_spaces, phys_bits, maxphyaddr, start_near_wrap,
-                         nr_memslots)
-        self.strategy = resolve_strategy(strategy)
-        if address_spaces is None:
-            address_spaces = self.strategy.default_address_spaces
-        if not 1 <= address_spaces <= self.strategy.max_address_spaces:
-            raise ValueError(f"address_spaces must be 1..{self.strategy.max_address_spaces} for "
-                             f"{self.strategy.name} (kernels {self.strategy.kernels}), "
-                             f"not {address_spaces}")
-        if not isinstance(tdp_mmu, bool):
-            raise TypeError(f"tdp_mmu must be a bool, not {tdp_mmu!r}")
-        if tdp_mmu and not self.strategy.tdp_mmu:
-            raise ValueError(f"{self.strategy.name} (kernels {self.strategy.kernels}) has no TDP "
-                             "MMU in this model: use the shadow MMU (tdp_mmu=False)")
-        if tdp_mmu and mmu != "ept":
-            raise ValueError("the TDP MMU needs two-dimensional paging: mmu='ept', not "
-                             f"{mmu!r}")
-        if phys_bits is None:
-            phys_bits = maxphyaddr if mmu == "ept" else 52
-        layout_name = layout or self.strategy.layout
-        if layout_name not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout_name!r}; choose from {', '.join(LAYOUTS)}")
-        spte_layout = LAYOUTS[layout_name]
-        marker_era = "modern" if layout_name == "modern" else "2013"
-        if mmu == "ept":
-            marker = ept_mmio_mask(marker_era)
-        elif mmu == "shadow":
-            marker = shadow_mmio_mask(marker_era, maxphyaddr)
-        else:
-            raise ValueError(f"mmu must be one of {', '.join(MMU_KINDS)}, not {mmu!r}")
-        if not mmio_caching:
-            marker = replace(marker, caching=False)
-        if not 20 <= phys_bits <= 52:
-            raise ValueError(f"phys_bits must be 20..52, not {phys_bits}")
-        gen_mask = spte_layout.gen_mask
-        if mmio_gen_bits is not None:
-            if not 2 <= mmio_gen_bits <= spte_layout.gen_bits:
-                raise ValueError(f"mmio_gen_bits must be 2..{spte_layout.gen_bits}")
-            gen_mask = (1 << mmio_gen_bits) - 1
-        if start_near_wrap is None:
-            # The kernels whose MMIO SPTEs carry a generation and that started it near the wrap.
-            below: int | None = (WRAP_HEADROOM if self.strategy.era != "modern"
-                                 and self.strategy.mmio_generation else None)
-        elif start_near_wrap is True:
-            below = WRAP_HEADROOM
-        elif start_near_wrap is False:
-            below = None
-        else:
-            below = int(start_near_wrap)
-        if below is not None and below > gen_mask:
-            below = below % (gen_mask + 1) or gen_mask + 1
-        self.nr_memslots = self.strategy.nr_memslots if nr_memslots is None else nr_memslots
-        self.apic_access_page = apic_access_page
+        self._build(VmSpec.of(strategy, layout=layout, address_spaces=address_spaces,
+                              oracle=oracle, strict=strict, phys_bits=phys_bits, mmu=mmu,
+                              maxphyaddr=maxphyaddr, slot_zap=slot_zap, large_pages=large_pages,
+                              start_near_wrap=start_near_wrap, mmio_gen_bits=mmio_gen_bits,
+                              mmio_caching=mmio_caching, nr_memslots=nr_memslots,
+                              apic_access_page=apic_access_page, preempt=preempt,
+                              tdp_mmu=tdp_mmu), trace)
+
+    @classmethod
+    def from_spec(cls, spec: VmSpec, *, trace: bool | Tracer = False) -> VM:
+        """A new VM as ``VM(...)`` with the arguments ``spec`` was made from would build."""
+        vm = cls.__new__(cls)
+        vm._build(spec, trace)
+        return vm
+
+    def _build(self, spec: VmSpec, trace: bool | Tracer) -> None:
+        """The VM's objects, from checked arguments: nothing here depends on more than ``spec``."""
+        strategy = self.strategy = spec.strategy
+        self.nr_memslots = spec.nr_memslots
+        self.apic_access_page = spec.apic_access_page
         self.bus = MmioBus()
         self.host_memory = HostMemory()
         tracer = trace if isinstance(trace, Tracer) else (Tracer() if trace else None)
+        tdp_mmu = spec.tdp_mmu
         self.kvm = Kvm(
-            strategy=self.strategy,
-            memslots=MemslotState.create(self.strategy.era, address_spaces, gen_mask=gen_mask,
-                                         start_below_wrap=below),
+            strategy=strategy,
+            memslots=MemslotState.create(strategy.era, spec.address_spaces,
+                                         gen_mask=spec.gen_mask, start_below_wrap=spec.below),
             srcu=Srcu(),
-            mmu=Mmu(spte_layout, MmioSpteCodec(spte_layout, marker), trace=tracer,
-                    valid_gen_toggles=self.strategy.valid_gen_toggles,
-                    zap_break_batch=self.strategy.zap_break_batch, tdp_mmu=tdp_mmu,
-                    tdp_teardown_unlocked=tdp_mmu and self.strategy.tdp_mmu == "5.13",
-                    tdp_read_slot_ops=tdp_mmu and self.strategy.tdp_mmu == "5.13"),
+            mmu=Mmu(spec.layout, spec.codec, trace=tracer,
+                    valid_gen_toggles=strategy.valid_gen_toggles,
+                    zap_break_batch=strategy.zap_break_batch, tdp_mmu=tdp_mmu,
+                    tdp_teardown_unlocked=tdp_mmu and strategy.tdp_mmu == "5.13",
+                    tdp_read_slot_ops=tdp_mmu and strategy.tdp_mmu == "5.13"),
             host_memory=self.host_memory,
-            gen_mask=gen_mask,
-            phys_bits=phys_bits,
-            large_pages=large_pages,
+            gen_mask=spec.gen_mask,
+            phys_bits=spec.phys_bits,
+            large_pages=spec.large_pages,
             mmio_dispatch=self.bus.dispatch,
             trace=tracer,
         )
-        if not isinstance(preempt, bool):
-            raise TypeError(f"preempt must be a bool, not {preempt!r}")
         # CONFIG_PREEMPTION: whether a zap's cond_resched_lock() sees a spinning waiter.
-        self.kvm.mmu.lock.preempt = preempt
+        self.kvm.mmu.lock.preempt = spec.preempt
         self.vmm = VMM()
-        self.arch = X86Arch(self.kvm, slot_zap, self.vmm)
-        self.oracle: Oracle | None = Oracle(self.kvm, strict) if oracle else None
+        self.arch = X86Arch(self.kvm, spec.slot_zap, self.vmm)
+        self.oracle: Oracle | None = Oracle(self.kvm, spec.strict) if spec.oracle else None
         if self.oracle is not None:
             self.kvm.on_access = self.oracle.check_access
         self.vcpus: list[Vcpu] = []
@@ -194,20 +266,31 @@ class VM:
                                      memory_size: int, userspace_addr: int = 0
                                      ) -> Steps[Change]:
         """``KVM_SET_USER_MEMORY_REGION`` as a protocol generator (raises at the first step)."""
-        for name, value in (("slot", slot), ("flags", flags), ("guest_phys_addr", guest_phys_addr),
-                            ("memory_size", memory_size), ("userspace_addr", userspace_addr)):
-            if not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {value!r}")
+        plan = self._plan_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        if plan.change is not NO_CHANGE:
+            self.kvm.mmu.stats.memslot_updates += 1
+        yield from set_memory_region(self.kvm.memslots, self.arch, self.kvm.srcu, plan)
+        return plan.change
+
+    def _plan_region(self, slot: int, flags: int, guest_phys_addr: int, memory_size: int,
+                     userspace_addr: int) -> MemslotPlan:
+        """The ioctl's argument checks and ``plan_memory_region``.  A plain function, not part of
+        the generator above, so that its temporaries are not locals of the VMM thread's frame,
+        which the explorer keys at every state."""
+        if not (isinstance(slot, int) and isinstance(flags, int)
+                and isinstance(guest_phys_addr, int) and isinstance(memory_size, int)
+                and isinstance(userspace_addr, int)):
+            for name, value in (("slot", slot), ("flags", flags),
+                                ("guest_phys_addr", guest_phys_addr),
+                                ("memory_size", memory_size), ("userspace_addr", userspace_addr)):
+                if not isinstance(value, int):
+                    raise TypeError(f"{name} must be an int, not {value!r}")
         request = MemoryRegionRequest(slot, flags, guest_phys_addr, memory_size, userspace_addr)
-        plan = plan_memory_region(request, self.kvm.memslots, phys_bits=self.kvm.phys_bits,
+        return plan_memory_region(request, self.kvm.memslots, phys_bits=self.kvm.phys_bits,
                                   nr_memslots=self.nr_memslots,
                                   max_gfn_check=self.strategy.max_gfn_check,
                                   apic_access_page=(self.apic_access_page
                                                     and self.strategy.private_slot_overlap))
-        if plan.change is not Change.NONE:
-            self.kvm.mmu.stats.memslot_updates += 1
-        yield from set_memory_region(self.kvm.memslots, self.arch, self.kvm.srcu, plan)
-        return plan.change
 
     def set_user_memory_region(self, slot: int, flags: int, guest_phys_addr: int,
                                memory_size: int, userspace_addr: int = 0) -> Change:
@@ -246,11 +329,11 @@ class VM:
     # --- for drivers ------------------------------------------------------------------------
     def is_blocked(self, step: Step) -> bool:
         """Whether a thread that yielded ``step`` would only wait if resumed now."""
-        if step is Step.MMU_LOCK:
+        if step is MMU_LOCK:
             return self.kvm.mmu.lock.is_blocked()
-        if step is Step.MMU_READ_LOCK:
+        if step is MMU_READ_LOCK:
             return self.kvm.mmu.lock.is_read_blocked()
-        if step is Step.SRCU_SYNC:
+        if step is SRCU_SYNC:
             return self.kvm.srcu.is_blocked()
         return False
 

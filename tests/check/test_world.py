@@ -8,7 +8,9 @@ must hold.  It runs for every strategy that claims to be correct.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -40,6 +42,25 @@ def test_a_world_has_one_thread_per_vcpu_and_the_vmm() -> None:
     assert len(world.threads[3].ops) == 2
     assert world.enabled_threads() == [0, 1, 2, 3]
     assert world.vm.memslots()[0].npages == 16  # the scenario's slot 0 is in place
+
+
+def test_worlds_of_one_configuration_share_its_checked_vm_arguments_but_no_state() -> None:
+    config = CheckConfig("generation+no-wrap-zap", vcpus=1, updates=1, mmio_gen_bits=2,
+                         slot_zap="slot")
+    a = World(config)
+    while not a.all_done():
+        a.step(a.enabled_threads()[0])
+    b = World(config)
+    assert b.vm.state_key() == World(config).vm.state_key() != a.vm.state_key()
+    assert b.vm.strategy.name == "generation+no-wrap-zap" and b.vm.arch.slot_zap == "slot"
+    assert b.vm.kvm.gen_mask == 3
+    # The cached spec is not part of the configuration's value.
+    fresh = CheckConfig("generation+no-wrap-zap", vcpus=1, updates=1, mmio_gen_bits=2,
+                        slot_zap="slot")
+    assert config == fresh and hash(config) == hash(fresh) and repr(config) == repr(fresh)
+    assert pickle.loads(pickle.dumps(config)) == config
+    wider = replace(config, mmio_gen_bits=3)
+    assert World(wider).vm.kvm.gen_mask == 7
 
 
 def test_the_vmm_is_blocked_while_a_vcpu_reads_the_old_memslots() -> None:

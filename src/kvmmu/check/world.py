@@ -30,7 +30,7 @@ from kvmmu.check.scenario import DEFAULT_SCENARIO, Access, Region, Scenario
 from kvmmu.mmu.invalidation import SLOT_ZAPS, resolve_strategy
 from kvmmu.mmu.steps import Step
 from kvmmu.oracle import Violation
-from kvmmu.vm import VM
+from kvmmu.vm import VM, VmSpec
 
 VMM_LABEL: Final = "vmm"
 MAX_VCPUS: Final = 8
@@ -61,6 +61,10 @@ class CheckConfig:
     slot_zap: str | None = None
     scenario_path: str | None = None
     tdp_mmu: bool = False
+    #: The checked VM arguments every world of this configuration is built from, made by the
+    #: first :meth:`make_vm` (:class:`~kvmmu.vm.VmSpec`): derived, not part of the value.
+    _vm_spec: VmSpec | None = field(default=None, init=False, repr=False, compare=False,
+                                    hash=False)
 
     def validate(self) -> CheckConfig:
         """Raise :class:`ConfigError` (one line) unless a VM and every thread can be built."""
@@ -98,19 +102,23 @@ class CheckConfig:
         return self.slot_zap or self.scenario.vm.slot_zap
 
     def make_vm(self, *, trace: bool) -> VM:
-        vm_settings = self.scenario.vm
-        bits = self.mmio_gen_bits if self.mmio_gen_bits is not None else vm_settings.mmio_gen_bits
-        near = self.start_near_wrap if self.start_near_wrap is not None else vm_settings.start_near_wrap
-        return VM(
-            self.strategy,
-            oracle=True,
-            strict=False,
-            trace=trace,
-            slot_zap=self.effective_slot_zap,
-            mmio_gen_bits=bits,
-            start_near_wrap=near,
-            tdp_mmu=self.tdp_mmu,
-        )
+        spec = self._vm_spec
+        if spec is None:
+            vm_settings = self.scenario.vm
+            bits = self.mmio_gen_bits if self.mmio_gen_bits is not None else vm_settings.mmio_gen_bits
+            near = self.start_near_wrap if self.start_near_wrap is not None else vm_settings.start_near_wrap
+            spec = VmSpec.of(
+                self.strategy,
+                oracle=True,
+                strict=False,
+                slot_zap=self.effective_slot_zap,
+                mmio_gen_bits=bits,
+                start_near_wrap=near,
+                tdp_mmu=self.tdp_mmu,
+            )
+            # Frozen, but the spec is a cache: the explorer builds a VM per schedule it replays.
+            object.__setattr__(self, "_vm_spec", spec)
+        return VM.from_spec(spec, trace=trace)
 
     def script(self, vcpu: int) -> tuple[Access, ...]:
         accesses = self.scenario.script(vcpu)
@@ -207,15 +215,18 @@ class World:
 
     def enabled(self, t: int) -> bool:
         th = self.threads[t]
-        if th.done:
+        if th.op_index >= len(th.ops):  # th.done, without the property call (a hot path)
             return False
         return th.pending is None or not self.vm.is_blocked(th.pending)
 
     def enabled_threads(self) -> list[int]:
-        return [t for t in range(len(self.threads)) if self.enabled(t)]
+        is_blocked = self.vm.is_blocked
+        return [t for t, th in enumerate(self.threads)
+                if th.op_index < len(th.ops)
+                and (th.pending is None or not is_blocked(th.pending))]
 
     def all_done(self) -> bool:
-        return all(th.done for th in self.threads)
+        return all(th.op_index >= len(th.ops) for th in self.threads)
 
     def step(self, t: int) -> list[Finding]:
         """Resume thread ``t`` once; return what the per-access oracle found in that step."""

@@ -23,13 +23,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from kvmmu.memslots import (
+    ADDS_BACKING,
+    DELETE,
+    FLAGS_ONLY,
     KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
     Change,
     Memslot,
     MemslotPlan,
 )
 from kvmmu.mmu.pages import BATCH_ZAP_PAGES
-from kvmmu.mmu.steps import Step, Steps
+from kvmmu.mmu.steps import FREE_SHADOW_PAGE, VISIT_SHADOW_PAGE, Steps
 
 if TYPE_CHECKING:
     from kvmmu.mmu.context import Kvm
@@ -456,7 +459,7 @@ class X86Arch:
         # Only a CREATE or MOVE can make an MMIO SPTE wrong, and only at the publish that adds
         # the backing (the invalid copy a MOVE publishes first backs nothing new).
         if (strategy.create_zap_at == "memslots-updated" and strategy.create_zap is not None
-                and change in (Change.CREATE, Change.MOVE)
+                and change in ADDS_BACKING
                 and not any(s.invalid for s in kvm.memslots.active[as_id])):
             yield from self._create_zap()
 
@@ -465,12 +468,12 @@ class X86Arch:
         kvm = self.kvm
         strategy = kvm.strategy
         new, old = plan.new, plan.old
-        if (new is not None and new.dirty_logging and plan.change is not Change.DELETE
-                and not (old is not None and old.dirty_logging and plan.change is Change.FLAGS_ONLY)):
+        if (new is not None and new.dirty_logging and plan.change is not DELETE
+                and not (old is not None and old.dirty_logging and plan.change is FLAGS_ONLY)):
             # kvm_mmu_slot_apply_flags(): logging just enabled (or a new/moved logged slot).
             yield from kvm.mmu.write_protect_range(self.who, new.base_gfn, new.end_gfn, new.as_id,
                                                    shared=kvm.mmu.tdp_read_slot_ops)
-        elif (strategy.zap_collapsible and plan.change is Change.FLAGS_ONLY and new is not None
+        elif (strategy.zap_collapsible and plan.change is FLAGS_ONLY and new is not None
               and old is not None and old.dirty_logging and not new.dirty_logging):
             # kvm_mmu_zap_collapsible_sptes(): 4 KiB leaves where a 2 MiB one may now go.
             yield from kvm.mmu.zap_collapsible(self.who, new, shared=kvm.mmu.tdp_read_slot_ops)
@@ -480,7 +483,7 @@ class X86Arch:
             old_base = old.base_gfn if old is not None else 0
             create_zap = new is not None and new.base_gfn != old_base
         else:
-            create_zap = plan.change in (Change.CREATE, Change.MOVE)
+            create_zap = plan.change in ADDS_BACKING
         if create_zap and strategy.create_zap is not None and strategy.create_zap_at == "commit":
             # <= 3.10: "If memory slot is created, or moved, we need to clear all mmio sptes."
             yield from self._create_zap()
@@ -532,7 +535,7 @@ class X86Arch:
             for sp in reversed(list(mmu.active.values())):
                 if sp.hpa not in mmu.active:
                     continue
-                yield Step.VISIT_SHADOW_PAGE
+                yield VISIT_SHADOW_PAGE
                 stats.invalidation_pages_walked += 1
                 if lock_break and (mmu.lock.needbreak() if mmu.lock.contention_tracked
                                    else stats.invalidation_pages_walked % BATCH_ZAP_PAGES == 0):
@@ -545,7 +548,7 @@ class X86Arch:
                 if not sp.mmio_cached:
                     continue
                 for _page, live in mmu.unlink(sp):
-                    yield Step.FREE_SHADOW_PAGE
+                    yield FREE_SHADOW_PAGE
                     mmu.drop_entries(live)
                 restart = True
                 break

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kvmmu.memslots import Memslot
-from kvmmu.mmu.steps import Step, Steps
+from kvmmu.mmu.steps import (
+    BUMP_MMU_VALID_GEN,
+    FREE_SHADOW_PAGE,
+    VISIT_SHADOW_PAGE,
+    WRITE_PROTECT,
+    ZAP_SPTE,
+    Steps,
+)
 from kvmmu.spte import (
     SPTE_LARGE,
     SPTE_PRESENT,
@@ -118,6 +125,9 @@ class Mmu:
     trace: Tracer | None = None
     #: Bits every RAM leaf carries (``make_ram_spte(0, False, False, layout)``).
     ram_spte_bits: int = 0
+    #: Bits every link to a child table carries (``make_nonleaf_spte(0, layout)``), so that a
+    #: link is one ``|`` with the child's address.
+    nonleaf_spte_bits: int = 0
     #: ``mmu_valid_gen`` toggles between 0 and 1 (5.4+, ca333add6933) instead of counting.
     valid_gen_toggles: bool = False
     #: Pages zapped before ``kvm_zap_obsolete_pages()`` considers a lock break (the strategy's
@@ -134,6 +144,7 @@ class Mmu:
 
     def __post_init__(self) -> None:
         self.ram_spte_bits = make_ram_spte(0, False, False, self.layout)
+        self.nonleaf_spte_bits = make_nonleaf_spte(0, self.layout)
         if self.codec.marker.caching:
             self.hw_mmio_mask, self.hw_mmio_value = self.codec.marker.mask, self.codec.marker.value
 
@@ -145,7 +156,7 @@ class Mmu:
         self.active[sp.hpa] = sp
         self.stats.mmu_cache_miss += 1
         if parent is not None:
-            parent.spt[index] = make_nonleaf_spte(sp.hpa, self.layout)
+            parent.spt[index] = self.nonleaf_spte_bits | sp.hpa  # make_nonleaf_spte()
             parent.children[index] = sp
         return sp
 
@@ -201,7 +212,7 @@ class Mmu:
             self.stats.mmio_sptes_zapped += page.nr_mmio
             page.nr_mmio = 0
             page.invalid = True
-            stack.extend(c for c in page.children if c is not None)
+            stack.extend(filter(None, page.children))  # the linked children (a page is truthy)
             page.spt[:] = _EMPTY_TABLE
             page.children[:] = _NO_CHILDREN
         for root_as, root in list(self.roots.items()):
@@ -228,7 +239,7 @@ class Mmu:
         ``arch/x86/kvm/mmu/mmu.c``); before 5.4 the generation was a counter (``++``).
         """
         yield from self.lock.acquire(who)
-        yield Step.BUMP_MMU_VALID_GEN
+        yield BUMP_MMU_VALID_GEN
         if self.trace is not None:
             self.trace.kvm_mmu_zap_all_fast(0, self.mmu_valid_gen, len(self.active))
         self.mmu_valid_gen = (self.mmu_valid_gen ^ 1) if self.valid_gen_toggles \
@@ -245,7 +256,7 @@ class Mmu:
             if sp.parent is not None and sp.parent.hpa in self.active:
                 continue  # freed with its obsolete parent
             for _page, live in self.unlink(sp):
-                yield Step.FREE_SHADOW_PAGE
+                yield FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 freed_total += 1
                 batch += 1
@@ -283,7 +294,7 @@ class Mmu:
             if top.hpa not in self.active:
                 continue
             for _page, live in self.unlink(top):
-                yield Step.FREE_SHADOW_PAGE
+                yield FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 freed_total += 1
                 if lock.read_needbreak():
@@ -303,10 +314,10 @@ class Mmu:
             if sp.hpa not in self.active or (sp.parent is not None
                                              and sp.parent.hpa in self.active):
                 continue  # already freed, or freed with its parent
-            yield Step.VISIT_SHADOW_PAGE
+            yield VISIT_SHADOW_PAGE
             self.stats.invalidation_pages_walked += 1
             for _page, live in self.unlink(sp):
-                yield Step.FREE_SHADOW_PAGE
+                yield FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 freed_total += 1
         self.roots.clear()  # kvm_reload_remote_mmus(): every vCPU loads a new root
@@ -338,7 +349,7 @@ class Mmu:
                 g = sp.gfn_of(i)
                 span = 1 << (9 * (sp.level - 1))
                 if is_leaf and g < end and start < g + span:
-                    yield Step.ZAP_SPTE
+                    yield ZAP_SPTE
                     self.clear_spte(sp, i)
                     zapped += 1
         yield from self.lock.release(who)
@@ -357,7 +368,7 @@ class Mmu:
             if sp.as_id != slot.as_id or sp.hpa not in self.active or not slot.huge_page_ok(sp.gfn):
                 continue
             for _page, live in self.unlink(sp):
-                yield Step.FREE_SHADOW_PAGE
+                yield FREE_SHADOW_PAGE
                 self.drop_entries(live)
                 zapped += 1
         yield from self.lock.drop(who, shared)
@@ -382,7 +393,7 @@ class Mmu:
                 continue
             for i, spte in enumerate(sp.spt):
                 if self._writable_leaf(sp, i, spte, start, end):
-                    yield Step.WRITE_PROTECT
+                    yield WRITE_PROTECT
                     if shared:
                         spte = sp.spt[i]
                         if not self._writable_leaf(sp, i, spte, start, end):

@@ -108,3 +108,22 @@ def test_a_batch_shares_its_fronts_between_its_tasks() -> None:
     # It returns a front for every world it reached (fronts name concrete worlds, states their
     # orbits; no two vCPUs here run the same script, so the counts are equal).
     assert len(together.fronts) == len(together.states)
+
+
+def test_a_time_limit_stops_the_search_and_its_checkpoint_resumes_it(client: Any) -> None:
+    config = CheckConfig("generation", vcpus=2, updates=1, accesses=1)
+    local = explore(config, preemptions=1, keep_states=True)
+    saved: list[str] = []
+    seen: list[tuple[int, int]] = []
+    stopped = explore_distributed(config, client, preemptions=1, prefix_depth=6,
+                                  time_limit=1e-9, save=saved.append,
+                                  progress=lambda s, done, total: seen.append((done, total)))
+    assert stopped.stats.stopped == "time limit" and not stopped.complete
+    assert saved and stopped.stats.queue > 0
+    pending, shards = load_checkpoint(saved[-1], config)
+    assert len(pending) == stopped.stats.queue
+    resumed = explore_distributed(config, client, preemptions=1, resume=(pending, shards),
+                                  progress=lambda s, done, total: seen.append((done, total)))
+    assert resumed.complete and resumed.states == local.states
+    # Progress after every finished batch, counting up to the total.
+    assert seen and seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)

@@ -64,6 +64,8 @@ class Task:
 
 
 Fronts = dict[int, tuple[int, int]]
+#: (statistics so far, batches finished, batches in all)
+BatchProgress = Callable[[Stats, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +175,21 @@ def explore_distributed(
     prefix_depth: int = DEFAULT_PREFIX_DEPTH,
     resume: tuple[list[Task], Shards] | None = None,
     save: Callable[[str], None] | None = None,
+    time_limit: float | None = None,
+    progress: BatchProgress | None = None,
 ) -> Result:
     """The exhaustive search as prefix tasks on ``client`` (a ``distributed.Client``).
 
     ``resume`` (from :func:`load_checkpoint`) skips the local part; ``save`` receives the
     checkpoint text after every finished batch.  ``Result.states`` is the merged visited set;
     ``stats.elapsed`` the wall-clock time of the search (the cluster's throughput, not the sum of
-    the workers' times).
+    the workers' times).  ``time_limit`` (seconds) stops the search: the batches still running
+    are cancelled and their tasks stay in the checkpoint, so that a resumed search runs them.
+    ``progress`` is called after every finished batch with the statistics so far, the batches
+    finished and their total.
     """
-    from distributed import as_completed  # the cluster is only needed here
+    from distributed import TimeoutError as DaskTimeout  # the cluster is only needed here
+    from distributed import wait
 
     stats = Stats()
     t0 = time.perf_counter()
@@ -212,30 +220,49 @@ def explore_distributed(
         futures[future] = batch
         return future
 
-    running = as_completed(  # type: ignore[no-untyped-call]
-        [submit() for _ in range(min(workers, len(queue)))])
+    total = len(queue)
+    for _ in range(min(workers, len(queue))):
+        submit()
+    deadline = None if time_limit is None else t0 + time_limit
     left = list(pending)
     failure: Failure | None = None
-    for future in running:
-        part: TaskResult = future.result()
-        for task in futures.pop(future):
-            left.remove(task)
-        shards.add(part.states)
-        _merge(stats, part.stats)
-        _merge_fronts(fronts, part.fronts)
-        if save is not None:
-            save(_checkpoint_text(config, left, shards))
-        if part.failure is not None:
-            failure = part.failure
-            for f in futures:
-                f.cancel()
+    while futures and failure is None:
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        try:
+            if remaining is not None and remaining <= 0:
+                raise DaskTimeout
+            done, _ = wait(list(futures), timeout=remaining,  # type: ignore[no-untyped-call]
+                           return_when="FIRST_COMPLETED")
+        except DaskTimeout:
+            stats.stopped = "time limit"
             break
-        if queue:
-            running.add(submit())  # type: ignore[no-untyped-call]
+        for future in done:
+            part: TaskResult = future.result()
+            for task in futures.pop(future):
+                left.remove(task)
+            shards.add(part.states)
+            _merge(stats, part.stats)
+            _merge_fronts(fronts, part.fronts)
+            if save is not None:
+                save(_checkpoint_text(config, left, shards))
+            if part.failure is not None and failure is None:
+                failure = part.failure
+            elif queue and failure is None:
+                submit()
+        if progress is not None:
+            stats.states = stats.worlds = len(shards)
+            stats.elapsed = time.perf_counter() - t0
+            stats.queue = len(left)
+            progress(stats, total - len(queue) - len(futures), total)
+    for f in futures:
+        f.cancel()
+    if save is not None and stats.stopped is not None:
+        save(_checkpoint_text(config, left, shards))  # the cancelled batches' tasks are left
     # The merged visited set holds worlds (orbits without the scheduler context: Result.states),
     # so here states and worlds are the same count.
     stats.states = stats.worlds = len(shards)
     stats.elapsed = time.perf_counter() - t0
+    stats.queue = len(left)
     return Result("distributed", stats, failure, failure is None and not left, preemptions,
                   max_depth, states=shards.all())
 

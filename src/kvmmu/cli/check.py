@@ -12,6 +12,7 @@ then the numbered steps of the failing schedule, then the command that replays i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,8 @@ def _wrap_command(ctx: click.Context, config: CheckConfig, bound: int | None,
 
 def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce: bool,
                  symmetry: bool, workers: int, scheduler: str | None, prefix_depth: int | None,
-                 checkpoint: Path | None) -> Result:
+                 checkpoint: Path | None, time_limit: float | None,
+                 progress: Callable[[Stats, int, int], None]) -> Result:
     from distributed import Client, LocalCluster  # heavy: only for --distributed
 
     from kvmmu.check.distributed import (
@@ -147,7 +149,8 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
     try:
         return explore_distributed(config, client, preemptions=bound, reduce=reduce,
                                    symmetry=symmetry, max_depth=max_depth, prefix_depth=depth,
-                                   resume=resume, save=save)
+                                   resume=resume, save=save, time_limit=time_limit,
+                                   progress=progress)
     finally:
         client.close()  # type: ignore[no-untyped-call]
         if cluster is not None:
@@ -242,7 +245,9 @@ def _mode_text(result: Result) -> str:
                    "script (by default one of them stands for all).")
 @click.option("--time-limit", type=click.FloatRange(0, min_open=True), default=None,
               metavar="SECONDS",
-              help="Stop the search after this long; the result says it is incomplete.")
+              help="Stop the search after this long; the result says it is incomplete. With "
+                   "--distributed the running batches are cancelled and stay in --checkpoint, "
+                   "so that running the command again resumes the search.")
 @click.option("--distributed", is_flag=True,
               help="Split the exhaustive search into prefix tasks and run them on dask."
                    "distributed (a local cluster of --workers processes, or --scheduler), in "
@@ -337,11 +342,22 @@ def command(ctx: click.Context, strategy: str, vcpus: int, updates: int | None,
                             f"queue {stats.queue:,}",
                        eta="" if left is None else f"ETA {max(left, 0):.0f} s")
 
+        def batches(stats: Stats, done: int, total: int) -> None:
+            # The distributed search knows its size: the batches; ETA from their rate.
+            left = stats.elapsed * (total - done) / done if done else None
+            bar.update(task, completed=done, total=total,
+                       info=f"{done}/{total} batches, {stats.states:,} states, "
+                            f"{stats.states_per_second:,.0f} states/s, "
+                            f"{stats.pruned + stats.sleep_pruned:,} pruned, "
+                            f"{stats.queue:,} tasks left",
+                       eta="" if left is None else f"ETA {left:.0f} s")
+
         if distributed or scheduler is not None:
             if random_schedules is not None:
                 raise InputError("--distributed: the random mode is not distributed; drop --random")
             result = _distributed(config, bound, max_depth, not no_reduce, not no_symmetry,
-                                  workers, scheduler, prefix_depth, checkpoint)
+                                  workers, scheduler, prefix_depth, checkpoint, time_limit,
+                                  batches)
         elif random_schedules is None:
             result = explore(config, preemptions=bound, max_depth=max_depth,
                              depth_is_bound=depth is not None, reduce=not no_reduce,

@@ -26,7 +26,12 @@ worlds are the local search's, its runs more: batches running at once do not sha
 from __future__ import annotations
 
 import argparse
+import os
 import time
+
+# As under `kvmmu check`: the protocol interpreted (the explorer reads its frames), the explorer's
+# own modules compiled when `make compiled` built them (kvmmu.compiled). Before kvmmu is imported.
+os.environ.setdefault("KVMMU_INTERPRETED", "1")
 
 from kvmmu.check.explore import explore
 from kvmmu.check.world import CheckConfig

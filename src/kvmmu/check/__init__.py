@@ -9,19 +9,24 @@ searches (exhaustive with preemption bounding and state caching, or PCT random),
 reports each strategy across the generation wrap, :mod:`~kvmmu.check.distributed` runs the
 search as prefix tasks on dask, :mod:`~kvmmu.check.minimize` shrinks a failing
 schedule, :mod:`~kvmmu.check.explain` tells it in
-kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only.
+kernel terms, and :mod:`~kvmmu.check.schedule` replays one.  Re-exports only, and over a
+compiled build (``make compiled`` compiles the explorer's hot modules) one repair:
+:func:`kvmmu.compiled.repair_pickling` lets their frozen dataclasses be unpickled again.
 
 Prior art, cited where it is used: stateless model checking (VeriSoft), preemption bounding
 (CHESS), state caching in place of partial-order reduction (DPOR), PCT random scheduling, delta
 debugging and breadth-first trace shortening (TLC, SPIN).
 """
 
+from kvmmu import compiled as _compiled
 from kvmmu.check.explain import Counterexample, ExplainedStep, explain
 from kvmmu.check.explore import Failure, Result, Stats, explore, explore_random
 from kvmmu.check.minimize import Minimised, minimise
 from kvmmu.check.scenario import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario
 from kvmmu.check.schedule import ScheduleError, format_schedule, parse_schedule, run_schedule
 from kvmmu.check.world import CheckConfig, ConfigError, Finding, World
+
+_compiled.repair_pickling()  # every explorer module is loaded by now (explore imports the rest)
 
 __all__ = [
     "DEFAULT_SCENARIO",

@@ -46,10 +46,10 @@ import dis
 import enum
 import hashlib
 import operator
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from itertools import compress
 from types import CodeType, FrameType, GeneratorType
-from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Final
 
 from kvmmu.check.state import (
     ABSTRACTIONS,
@@ -60,6 +60,7 @@ from kvmmu.check.state import (
     hidden_iterators,
     memslot_key,
 )
+from kvmmu.check.tables import TrackedTable as TrackedTable
 from kvmmu.memslots import Memslot, Memslots, SlotSet
 from kvmmu.mmu.faults import VcpuArch
 from kvmmu.mmu.pages import ShadowPage
@@ -87,39 +88,6 @@ GLOBAL_PARTS: Final = 5
 def stable_id(text: str) -> int:
     """A number for ``text`` that is the same in every process (``hash(str)`` is not)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-class TrackedTable(list[int]):
-    """A shadow page's ``spt`` that remembers which entries were written since it was hashed.
-
-    ``pending`` holds written indices, or is None when every entry must be looked at (a slice
-    assignment: the page was freed).  ``total`` is the sum of the live entries' terms.
-    """
-
-    __slots__ = ("page_term", "page_term_of", "pending", "terms", "total")
-
-    def __init__(self, values: Iterable[int]) -> None:
-        super().__init__(values)
-        self.pending: set[int] | None = None
-        self.terms: dict[int, int] = {}
-        self.total = 0
-        self.page_term = 0
-        self.page_term_of: tuple[bool, int] | None = None
-
-    @overload
-    def __setitem__(self, index: SupportsIndex, value: int) -> None: ...
-
-    @overload
-    def __setitem__(self, index: slice, value: Iterable[int]) -> None: ...
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        list.__setitem__(self, index, value)
-        pending = self.pending
-        if pending is not None:
-            if type(index) is int:
-                pending.add(index)
-            else:
-                self.pending = None
 
 
 def _entry_term(i: int, spte: int, child: ShadowPage | None) -> int | None:

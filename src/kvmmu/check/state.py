@@ -51,6 +51,7 @@ from collections.abc import Callable, Hashable
 from types import CodeType, FrameType, FunctionType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
+from kvmmu.check.errors import UnknownLocalError as UnknownLocalError
 from kvmmu.hostmem import HostMemory
 from kvmmu.memslots import Memslot, Memslots, MemslotState, SlotSet
 from kvmmu.mmu.context import Kvm
@@ -100,10 +101,6 @@ ABSTRACTIONS: Final[dict[tuple[str, str], Callable[[Any], Hashable]]] = {
                                                 "_zap_invalidated_roots")
        for local in ("live", "_page")},
 }
-
-
-class UnknownLocalError(TypeError):
-    """A generator local of a type the key does not know how to canonicalise."""
 
 
 def page_name(sp: ShadowPage) -> tuple[int, int, int, int]:

@@ -25,9 +25,9 @@ protocol generators' frames and locals.  So the protocol runs interpreted under 
 group is left to the ordinary finders and loads compiled when built: it defines no protocol
 generator (no frame the key reads is one of its own: the threads it resumes are the protocol's
 generators, created by the interpreted ``Vcpu`` and ``VM``), and by the argument above it never
-reads a protocol object natively.  That saves about a fifth of ``kvmmu check``'s CPU time for
+reads a protocol object natively.  That saves about a quarter of ``kvmmu check``'s CPU time for
 the same states (``benchmarks/bench_check.py --bounds 1,2``, 2 x 2 x 2 at bound 2:
-``generation`` 6.3 -> 5.3 s, ``zap-all-fast`` 10.7 -> 8.2 s, when the group was added).
+``generation`` 5.6 -> 4.1 s, ``zap-all-fast`` 9.3 -> 7.2 s, when the group was added).
 
 Over a compiled build, mypyc's ``__setstate__`` cannot rebuild a frozen dataclass
 (:func:`repair_pickling`), and a compiled class's methods cannot be patched (compiled callers

@@ -79,3 +79,13 @@ def test_any_mix_of_loads_and_stores_behaves_like_a_flat_byte_array(
         else:
             assert mem.read_int(base + off, size) == int.from_bytes(flat[off:off + size], "little")
     assert mem.read(base, len(flat)) == bytes(flat)
+
+
+def test_memory_never_written_or_written_only_zeros_has_the_empty_key() -> None:
+    mem = HostMemory()
+    assert mem.key() == ()
+    mem.write_int(0x5000, 8, 0)
+    mem.write(0x9000, bytes(2 * PAGE_SIZE))
+    assert mem.pages and mem.key() == ()
+    mem.write_int(0x9008, 1, 1)
+    assert mem.key() == ((0x9008 // WORD, 1),)

@@ -145,6 +145,8 @@ class HostMemory:
         Independent of how each page happens to be stored and of zeros written over zeros, so two
         schedules that leave the same bytes behind compare equal (the explorer's visited set).
         """
+        if not self.pages:
+            return ()  # nothing written yet: the explorer asks at every state
         out: list[tuple[int, int]] = []
         for pfn, page in self.pages.items():
             base = pfn * WORDS_PER_PAGE

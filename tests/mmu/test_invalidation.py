@@ -6,6 +6,7 @@ import pytest
 
 from kvmmu import STRATEGIES, VM, AccessKind, OracleViolation, Path, Step, resolve_strategy
 from kvmmu.mmu.invalidation import generation_wrapped, strategy_choices
+from kvmmu.mmu.steps import run_to_completion
 
 HVA = 0x7F00_0000_0000
 MMIO = 0xFEE0_0000
@@ -288,6 +289,19 @@ def test_zap_all_fast_obsoletes_every_page_and_vcpus_reload_their_root() -> None
     out = vcpu.access(0x1000)
     assert out.path is Path.SLOW and vcpu.arch.root is not old_root
     assert vcpu.stats.root_reloads == 2
+
+
+def test_the_vmm_zap_all_fast_is_the_mmus_and_returns_the_pages_it_freed() -> None:
+    vm = VM("generation", strict=True)
+    vm.set_user_memory_region(0, 0, 0, 4 * MIB, HVA)
+    vcpu = vm.create_vcpu()
+    vcpu.access(0x1000)
+    vcpu.access(0x20_0000)  # a second level-1 table
+    pages = vm.stats["shadow_pages"]
+    assert pages == 5
+    zap = vm.arch.zap_all_fast()
+    assert zap.gi_code is vm.kvm.mmu.zap_all_fast.__code__  # no frame delegating to it
+    assert run_to_completion(zap) == pages and vm.stats["shadow_pages"] == 0
 
 
 @pytest.mark.parametrize("slot_zap", ["all", "slot"])

@@ -239,3 +239,16 @@ def test_from_5_13_the_tdp_mmu_write_protects_for_dirty_logging_under_the_read_l
             pass
         assert vm.stats["sptes_write_protected"] == 32  # every leaf mapped before, once
         assert vcpu.access(0x3000, write=True).path is Path.FAST  # logged by fast_page_fault()
+
+
+def test_freed_pages_keep_no_links_to_their_children() -> None:
+    """A freed table drops its children as well as its entries, whatever its level (a level-1
+    table never had any: it holds leaves only)."""
+    mmu = new_mmu()
+    leaves = build_tree(mmu, 3)
+    root = mmu.roots[0]
+    freed = mmu.unlink(root)
+    assert sorted(sp.level for sp, _ in freed) == [1, 1, 1, 2, 3, 4]
+    assert all(c is None for sp, _ in freed for c in sp.children)
+    assert all(sp.invalid and not any(sp.spt) for sp, _ in freed)
+    assert not mmu.active and not mmu.roots and leaves[0].parent is not None

@@ -201,7 +201,7 @@ class Thread:
 class World:
     """A fresh VM and its threads for one schedule (see the module docstring)."""
 
-    __slots__ = ("config", "threads", "vcpus", "vm")
+    __slots__ = ("config", "oracle", "threads", "vcpus", "vm")
 
     def __init__(self, config: CheckConfig, *, trace: bool = False) -> None:
         self.config = config
@@ -209,6 +209,8 @@ class World:
         for r in config.scenario.slots:  # the VM as the VMM set it up before the guest ran
             vm.set_user_memory_region(r.slot, r.flags, r.gpa, r.size, r.userspace_addr)
         self.vm = vm
+        assert vm.oracle is not None  # make_vm(): every world checks each access
+        self.oracle = vm.oracle
         self.vcpus = [vm.create_vcpu() for _ in range(config.vcpus)]
         self.threads = [Thread(i, str(i), f"vCPU{i}", config.script(i)) for i in range(config.vcpus)]
         self.threads.append(Thread(config.vcpus, VMM_LABEL, "VMM", config.update_list()))
@@ -231,19 +233,20 @@ class World:
     def step(self, t: int) -> list[Finding]:
         """Resume thread ``t`` once; return what the per-access oracle found in that step."""
         th = self.threads[t]
-        oracle = self.vm.oracle
-        assert oracle is not None
+        oracle = self.oracle
         before = oracle.count
-        if th.gen is None:
-            op = th.op
+        gen = th.gen
+        if gen is None:
+            op = th.ops[th.op_index]
             if isinstance(op, Access):
-                th.gen = self.vcpus[t].access_steps(op.gpa, op.write, op.size, op.value, op.emulated)
+                gen = self.vcpus[t].access_steps(op.gpa, op.write, op.size, op.value, op.emulated)
             else:
-                th.gen = self.vm.set_user_memory_region_steps(
+                gen = self.vm.set_user_memory_region_steps(
                     op.slot, op.flags, op.gpa, op.size, op.userspace_addr
                 )
+            th.gen = gen
         try:
-            th.pending = next(th.gen)
+            th.pending = next(gen)
         except StopIteration as stop:
             th.results.append(stop.value)
             th.gen = None

@@ -212,9 +212,10 @@ class Mmu:
             self.stats.mmio_sptes_zapped += page.nr_mmio
             page.nr_mmio = 0
             page.invalid = True
-            stack.extend(filter(None, page.children))  # the linked children (a page is truthy)
+            if page.level > 1:  # a level-1 table holds leaves only: no child to scan for
+                stack.extend(filter(None, page.children))  # the linked ones (a page is truthy)
+                page.children[:] = _NO_CHILDREN
             page.spt[:] = _EMPTY_TABLE
-            page.children[:] = _NO_CHILDREN
         for root_as, root in list(self.roots.items()):
             if root.hpa not in self.active:
                 del self.roots[root_as]

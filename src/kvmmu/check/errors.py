@@ -14,3 +14,15 @@ from __future__ import annotations
 
 class UnknownLocalError(TypeError):
     """A generator local of a type the key does not know how to canonicalise."""
+
+
+def not_a_generator(delegate: object) -> UnknownLocalError:
+    """The error for a protocol thread that delegates to something other than a generator.
+
+    The usual cause is a compiled protocol (``make compiled``): mypyc's generators have no frames
+    to read, and the process did not load the protocol from source, as ``kvmmu check`` does.
+    """
+    return UnknownLocalError(
+        f"a protocol thread delegates to {type(delegate).__qualname__}, not a generator (a "
+        "protocol compiled with mypyc? the explorer reads the generators' frames: run it as "
+        "`kvmmu check` or with KVMMU_INTERPRETED=1 in the environment)")

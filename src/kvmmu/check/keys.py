@@ -51,6 +51,7 @@ from itertools import compress
 from types import CodeType, FrameType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
+from kvmmu.check.errors import not_a_generator
 from kvmmu.check.state import (
     ABSTRACTIONS,
     DROPPED_TYPES,
@@ -535,8 +536,7 @@ class ThreadHasher:
         gens: list[Any] = []
         while gen is not None:
             if not isinstance(gen, GeneratorType):
-                raise UnknownLocalError(
-                    f"a protocol thread delegates to {type(gen).__qualname__}, not a generator")
+                raise not_a_generator(gen)
             if gen.gi_frame is None:
                 break
             gens.append(gen)

@@ -52,6 +52,7 @@ from types import CodeType, FrameType, FunctionType, GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
 from kvmmu.check.errors import UnknownLocalError as UnknownLocalError
+from kvmmu.check.errors import not_a_generator
 from kvmmu.hostmem import HostMemory
 from kvmmu.memslots import Memslot, Memslots, MemslotState, SlotSet
 from kvmmu.mmu.context import Kvm
@@ -243,9 +244,7 @@ def frames(gen: Any) -> list[FrameType]:
     out: list[FrameType] = []
     while gen is not None:
         if not isinstance(gen, GeneratorType):
-            raise UnknownLocalError(
-                f"a protocol thread delegates to {type(gen).__qualname__}, not a generator"
-            )
+            raise not_a_generator(gen)
         frame = gen.gi_frame
         if frame is None:
             break

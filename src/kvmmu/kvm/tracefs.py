@@ -16,8 +16,10 @@ so :class:`TraceRecorder` touches as little of it as possible and puts back ever
   the threads and children those tasks create, and :meth:`TraceRecorder.events` drops any line of
   another task, so another VM on the machine never shows up in a recording.
 
-The context manager restores on every exit path, exceptions included; :func:`snapshot` reads the
-global state so that a test can compare before and after.
+The context manager restores on every exit path, exceptions included; :func:`snapshot` reads what
+a recording may change (the mount, this process's instances) so that a test can compare before and
+after, and :attr:`TraceRecorder.written` lists every file the recorder wrote, so that a test can
+check it never wrote outside its instance.
 
 Prior art: ``trace-cmd record -B <instance>`` and perf's ftrace instances; the kernel's
 ``Documentation/trace/ftrace.rst`` ("Instances").
@@ -103,50 +105,29 @@ def find_mount() -> Path | None:
 
 @dataclass(frozen=True, slots=True)
 class TraceState:
-    """The global tracing state a recording must leave as it found it."""
+    """What a recording may change and must put back: the mount and this process's instances.
+
+    The top-level settings (``tracing_on``, ``set_event``, ``buffer_size_kb``, the event switches)
+    and other users' instances belong to whoever else traces on the machine and may change at any
+    moment (another VM's tracer, another test run): comparing them made a test depend on what else
+    ran (a top-level ``set_event`` changed by another agent's tracer failed one).  The recorder
+    never writes outside its own instance, which :attr:`TraceRecorder.written` lets a test check.
+    """
 
     mounted_at: str | None
-    tracing_on: str | None
-    buffer_size_kb: str | None
-    set_event: str | None
     instances: tuple[str, ...]
-    enables: tuple[tuple[str, str], ...]
 
 
 def snapshot() -> TraceState:
-    """Read the global state: mount, top-level ``tracing_on``, events, buffer size, and this
-    process's instances.
-
-    Other users' instances come and go at any moment (another VM's tracer, another test run), so
-    only the ones this process created (``kvmmu-<pid>-*``) are part of what a recording must
-    leave as it found; comparing all of them made a test depend on what else ran.
-    """
+    """Read the mount point and this process's instances (``kvmmu-<pid>-*``)."""
     root = find_mount()
     if root is None:
-        return TraceState(None, None, None, None, (), ())
-
-    def rd(p: Path) -> str | None:
-        try:
-            return p.read_text()
-        except OSError:
-            return None
-
-    enables: list[tuple[str, str]] = []
-    for system in SYSTEMS:
-        sysdir = root / "events" / system
-        if not sysdir.is_dir():
-            continue
-        for p in sorted(sysdir.glob("*/enable")):
-            enables.append((f"{system}/{p.parent.name}", rd(p) or ""))
+        return TraceState(None, ())
     inst = root / "instances"
     return TraceState(
         str(root),
-        rd(root / "tracing_on"),
-        rd(root / "buffer_size_kb"),
-        rd(root / "set_event"),
         tuple(sorted(n for n in os.listdir(inst) if n.startswith(f"kvmmu-{os.getpid()}-")))
         if inst.is_dir() else (),
-        tuple(enables),
     )
 
 
@@ -179,6 +160,12 @@ class TraceRecorder:
             raise TracefsError("no process to record: pids is empty")
         self._mounted_here: Path | None = None
         self._instance: Path | None = None
+        #: Every file this recorder wrote, in order: all inside its own instance.
+        self.written: list[Path] = []
+
+    def _write(self, path: Path, text: str) -> None:
+        self.written.append(path)
+        path.write_text(text)
 
     def __enter__(self) -> Self:
         try:
@@ -206,23 +193,23 @@ class TraceRecorder:
         except OSError as exc:
             raise TracefsError(f"cannot create trace instance {inst}: {exc.strerror}") from None
         self._instance = inst
-        (inst / "tracing_on").write_text("0")
-        (inst / "buffer_size_kb").write_text(str(self._buffer_kb))
+        self._write(inst / "tracing_on", "0")
+        self._write(inst / "buffer_size_kb", str(self._buffer_kb))
         if self._clock is not None:
             try:
-                (inst / "trace_clock").write_text(self._clock)
+                self._write(inst / "trace_clock", self._clock)
             except OSError:
                 raise TracefsError(f"trace clock {self._clock!r} not offered by {root}") from None
         # Before any event is enabled: only our tasks, and the tasks they start, are recorded.
-        (inst / "options" / "event-fork").write_text("1")
-        (inst / "set_event_pid").write_text(" ".join(str(p) for p in self._pids))
+        self._write(inst / "options" / "event-fork", "1")
+        self._write(inst / "set_event_pid", " ".join(str(p) for p in self._pids))
         for spec in self._wanted:
             switch = inst / "events" / spec / "enable"
             if not switch.is_file():
                 raise TracefsError(f"no trace event or system {spec!r} in {root}/events")
-            switch.write_text("1")
-        (inst / "trace").write_text("")  # start empty
-        (inst / "tracing_on").write_text("1")
+            self._write(switch, "1")
+        self._write(inst / "trace", "")  # start empty
+        self._write(inst / "tracing_on", "1")
 
     def events(self, also: Iterable[int] = ()) -> list[TraceEvent]:
         """Everything recorded so far (the buffer is left as is).
@@ -260,16 +247,16 @@ class TraceRecorder:
     def stop(self) -> None:
         """Stop recording; :meth:`events` still reads what was recorded."""
         if self._instance is not None:
-            (self._instance / "tracing_on").write_text("0")
+            self._write(self._instance / "tracing_on", "0")
 
     def _restore(self) -> None:
         inst, self._instance = self._instance, None
         if inst is not None:
             try:
-                (inst / "tracing_on").write_text("0")
+                self._write(inst / "tracing_on", "0")
                 # An instance with enabled events cannot always be removed while they fire;
                 # switch them off first, then remove it (frees its buffer).
-                (inst / "events" / "enable").write_text("0")
+                self._write(inst / "events" / "enable", "0")
             finally:
                 inst.rmdir()
         root, self._mounted_here = self._mounted_here, None

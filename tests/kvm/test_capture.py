@@ -23,6 +23,8 @@ from kvmmu.kvm.capture import (
     CapturedEvent,
     CaptureError,
     CaptureMeta,
+    _end,
+    _group_alive,
     bursts,
     capture_to_dict,
     classify,
@@ -339,3 +341,23 @@ def test_capturing_qemu_through_the_preload_shim_pairs_zaps_on_one_clock(
         any(c.tid == z.tid and cap.window(c)[0] <= z.t_ns <= cap.window(c)[1] for c in cap.memslots)
         for z in zaps
     )
+
+
+def test_ending_the_command_also_ends_what_outlived_its_leader() -> None:
+    # strace (the session's leader) can exit on SIGTERM while its tracee never got the signal
+    # (cleanup() detaches it): a CI run saw `sleep 60` outlive a Ctrl-C'd capture and hold the
+    # output open.  Here the leader exits on SIGTERM and its child ignores SIGTERM: _end must
+    # still leave no live process in the session.
+    proc = subprocess.Popen(
+        ["sh", "-c", '(trap "" TERM; exec sleep 60) & echo $!; trap "exit 0" TERM; wait'],
+        start_new_session=True, stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    survivor = int(proc.stdout.readline())
+    time.sleep(0.2)  # the child has exec'd sleep, SIGTERM ignored
+    assert _group_alive(proc.pid)
+    _end(proc)
+    assert proc.returncode == 0  # the leader went on SIGTERM, as strace does
+    assert not _group_alive(proc.pid)
+    state = Path(f"/proc/{survivor}/stat")
+    assert not state.exists() or state.read_text().split(") ")[1][0] in "ZX"

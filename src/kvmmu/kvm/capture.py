@@ -627,7 +627,14 @@ def _wait(
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
-    """End the command's whole session: strace, the VMM and its children."""
+    """End the command's whole session: strace, the VMM and its children.
+
+    SIGTERM to the session's process group, SIGKILL 5 s later if its leader (strace) lives on;
+    then whatever of the group outlived the leader gets SIGKILL too.  strace may exit before the
+    SIGTERM it intercepted for its tracee reaches it (its ``cleanup()`` detaches the tracee), and
+    the detached VMM runs on, holding our stdout: a CI run saw ``sleep 60`` outlive a capture
+    ended by Ctrl-C, and the test reading the output waited for it.
+    """
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
@@ -635,9 +642,42 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
             return
         try:
             proc.wait(wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    _end_group(proc.pid)
+
+
+def _end_group(pgid: int, grace: float = 1.0) -> None:
+    """Wait up to ``grace`` seconds for the live members of process group ``pgid`` to exit, then
+    SIGKILL the rest and wait (up to 5 s) until none is left.  Zombies do not count: an orphan is
+    reaped by whatever PID 1 is, which in a container may never do it."""
+    deadline = time.monotonic() + grace
+    killed = False
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            if killed:
+                return
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            killed = True
+            deadline = time.monotonic() + 5.0
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is alive (not a zombie), from ``/proc/<pid>/stat``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _strace_version(path: str) -> str:

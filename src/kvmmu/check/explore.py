@@ -35,6 +35,9 @@ choices on a stack, each to be a later run's prefix.
   "(state, budget)" caching of CHESS's preemption-bounded search, Musuvathi and Qadeer, PLDI
   2007, sec. 4) applied to the context, which the budget test depends on only for one step.
   ``Stats.states`` still counts (world, context) pairs explored; ``Stats.worlds`` the worlds.
+  A :class:`Memo` carries the worlds earlier searches of the same configuration explored
+  completely (the distributed search's batches): they are cut the same way, bound or not
+  (without a bound a world explored once covers every later visit).
 * *Random mode* follows PCT (Burckhardt et al., ASPLOS 2010): random thread priorities and
   ``preemptions`` priority-change points per schedule, so a bug that needs d ordering constraints
   is hit with probability at least 1/(n k^(d-1)) per schedule rather than by luck.  A vCPU that

@@ -127,3 +127,13 @@ def test_a_time_limit_stops_the_search_and_its_checkpoint_resumes_it(client: Any
     assert resumed.complete and resumed.states == local.states
     # Progress after every finished batch, counting up to the total.
     assert seen and seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
+
+
+def test_without_a_bound_batches_cut_worlds_explored_once(client: Any) -> None:
+    # Without a preemption bound a world explored once covers every later visit, so the fronts
+    # batches share cut them too; the union is still the local search's.
+    config = CheckConfig("generation", vcpus=1, updates=2)
+    local = explore(config, preemptions=None, keep_states=True)
+    dist = explore_distributed(config, client, preemptions=None, prefix_depth=6)
+    assert local.failure is None and dist.failure is None and dist.complete
+    assert dist.states == local.states and len(local.states) > 100

@@ -285,8 +285,16 @@ def test_ctrl_c_or_sigterm_ends_the_command_and_keeps_the_capture(
     if shutil.which("strace") is None:
         pytest.skip("strace not installed (apt-get install strace)")
     out = tmp_path / "c"
+    # Ctrl-C from a terminal reaches a process whose SIGINT is at its default; a test run started
+    # as a background job of a shell without job control inherits SIGINT *ignored* (POSIX), and
+    # Python then keeps ignoring it (a CI run launched that way saw this test hang), so the child
+    # puts Python's handler back before it runs kvmmu.
+    launcher = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['kvmmu', *sys.argv[1:]]; runpy.run_module('kvmmu', run_name='__main__')"
+    )
     child = subprocess.Popen(
-        [sys.executable, "-m", "kvmmu", "capture", "--json", "--out", str(out), "--", "sleep", "60"],
+        [sys.executable, "-c", launcher, "capture", "--json", "--out", str(out), "--", "sleep", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -352,10 +352,9 @@ def test_capturing_qemu_through_the_preload_shim_pairs_zaps_on_one_clock(
 
 
 def test_ending_the_command_also_ends_what_outlived_its_leader() -> None:
-    # strace (the session's leader) can exit on SIGTERM while its tracee never got the signal
-    # (cleanup() detaches it): a CI run saw `sleep 60` outlive a Ctrl-C'd capture and hold the
-    # output open.  Here the leader exits on SIGTERM and its child ignores SIGTERM: _end must
-    # still leave no live process in the session.
+    # strace (the session's leader) exits on SIGTERM; a process of the VMM that ignores SIGTERM
+    # would run on after the capture.  Here the leader exits on SIGTERM and its child ignores
+    # it: _end must still leave no live process in the session.
     proc = subprocess.Popen(
         ["sh", "-c", '(trap "" TERM; exec sleep 60) & echo $!; trap "exit 0" TERM; wait'],
         start_new_session=True, stdout=subprocess.PIPE,

@@ -630,10 +630,9 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
     """End the command's whole session: strace, the VMM and its children.
 
     SIGTERM to the session's process group, SIGKILL 5 s later if its leader (strace) lives on;
-    then whatever of the group outlived the leader gets SIGKILL too.  strace may exit before the
-    SIGTERM it intercepted for its tracee reaches it (its ``cleanup()`` detaches the tracee), and
-    the detached VMM runs on, holding our stdout: a CI run saw ``sleep 60`` outlive a capture
-    ended by Ctrl-C, and the test reading the output waited for it.
+    then whatever of the group outlived the leader gets SIGKILL too: a process of the VMM that
+    ignores SIGTERM, or a tracee strace detached as it exited, would otherwise run on after the
+    capture, holding the output kvmmu was started with.
     """
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:

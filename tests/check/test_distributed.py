@@ -15,6 +15,7 @@ from kvmmu.check.distributed import (
     WORKER_ENV,
     Shards,
     Task,
+    _checkpoint_text,
     explore_distributed,
     load_checkpoint,
     run_batch,
@@ -50,6 +51,7 @@ def test_the_distributed_search_reaches_the_same_states_as_the_local_one(
     # The last checkpoint has nothing left to run and every key; resuming from it is a no-op.
     pending, shards = load_checkpoint(saved[-1], config)
     assert pending == [] and shards.all() == local.states
+    assert shards.fronts  # what a resumed search would start with
     again = explore_distributed(config, client, preemptions=1, resume=(pending, shards))
     assert again.states == local.states
 
@@ -137,3 +139,14 @@ def test_without_a_bound_batches_cut_worlds_explored_once(client: Any) -> None:
     dist = explore_distributed(config, client, preemptions=None, prefix_depth=6)
     assert local.failure is None and dist.failure is None and dist.complete
     assert dist.states == local.states and len(local.states) > 100
+
+
+def test_a_checkpoint_keeps_the_fronts_a_resumed_search_starts_with() -> None:
+    config = CheckConfig("generation", vcpus=1, updates=1)
+    shards = Shards()
+    shards.add([5, 17, 33])
+    shards.fronts = {17: (0, 0), -3: (1 << 30, 2)}
+    text = _checkpoint_text(config, [Task((0, 1), 1)], shards)
+    pending, loaded = load_checkpoint(text, config)
+    assert pending == [Task((0, 1), 1)]
+    assert loaded.all() == {5, 17, 33} and loaded.fronts == shards.fronts

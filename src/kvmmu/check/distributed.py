@@ -27,7 +27,7 @@ counterexample found stops the search.  Keys are the same in every process
 
 The checkpoint (JSON, written through the caller's atomic writer after every finished batch) holds
 the configuration's summary, the tasks still to run and the merged keys; a search resumed from it
-runs only those tasks (starting with empty fronts: the result is the same, the work may be more).
+runs only those tasks, starting with the fronts merged so far (kept in the checkpoint too).
 """
 
 from __future__ import annotations
@@ -124,9 +124,11 @@ def _merge_fronts(into: Fronts, part: Fronts) -> None:
 
 @dataclass(slots=True)
 class Shards:
-    """The merged visited set, split by the keys' low bits."""
+    """The merged visited set, split by the keys' low bits, and the merged fronts of the worlds
+    finished batches explored completely (what the next batches start with)."""
 
     shards: list[set[int]] = field(default_factory=lambda: [set() for _ in range(SHARDS)])
+    fronts: Fronts = field(default_factory=dict)
 
     def add(self, keys: frozenset[int] | Sequence[int]) -> None:
         for k in keys:
@@ -148,7 +150,8 @@ def _merge(total: Stats, part: Stats) -> None:
 def _checkpoint_text(config: CheckConfig, pending: Sequence[Task], shards: Shards) -> str:
     return json.dumps({"version": CHECKPOINT_VERSION, "config": config.summary(),
                        "pending": [[list(t.prefix), t.preemptions] for t in pending],
-                       "shards": [sorted(s) for s in shards.shards]})
+                       "shards": [sorted(s) for s in shards.shards],
+                       "fronts": [[k, a, b] for k, (a, b) in sorted(shards.fronts.items())]})
 
 
 def load_checkpoint(text: str, config: CheckConfig) -> tuple[list[Task], Shards]:
@@ -161,6 +164,7 @@ def load_checkpoint(text: str, config: CheckConfig) -> tuple[list[Task], Shards]
     shards = Shards()
     for s in doc["shards"]:
         shards.add(s)
+    shards.fronts = {int(k): (int(a), int(b)) for k, a, b in doc.get("fronts", ())}
     return [Task(tuple(p), int(n)) for p, n in doc["pending"]], shards
 
 
@@ -210,7 +214,7 @@ def explore_distributed(
     workers = max(1, sum(client.nthreads().values()))
     queue = _batches(pending, BATCHES_PER_WORKER * workers)
     queue.reverse()  # popped from the end: in search order
-    fronts: Fronts = {}
+    fronts = shards.fronts
     futures: dict[Any, tuple[Task, ...]] = {}
 
     def submit() -> Any:

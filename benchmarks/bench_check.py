@@ -96,13 +96,11 @@ def main() -> None:
 
 
 def distributed_row(config: CheckConfig, bound: int | None, workers: int) -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from kvmmu.check.distributed import WORKER_ENV, explore_distributed
+    from kvmmu.check.distributed import explore_distributed, local_cluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
-                      dashboard_address=None, env=dict(WORKER_ENV)) as cluster, \
-            Client(cluster) as client:  # type: ignore[no-untyped-call]
+    with local_cluster(workers) as cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
         r = explore_distributed(config, client, preemptions=bound)
     s = r.stats
     verdict = "ok" if r.failure is None else f"VIOLATION ({r.failure.findings[0].kind})"

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from kvmmu.check.distributed import (
-    WORKER_ENV,
     Shards,
     Task,
     _checkpoint_text,
     explore_distributed,
     load_checkpoint,
+    local_cluster,
     run_batch,
 )
 from kvmmu.check.explore import DEFAULT_MAX_DEPTH, explore
@@ -28,9 +28,7 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, env=dict(WORKER_ENV)) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
         yield c
 
 

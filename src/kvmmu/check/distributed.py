@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kvmmu.check.explore import DEFAULT_MAX_DEPTH, Failure, Memo, Result, Stats, explore
+from kvmmu.check.explore import DEFAULT_MAX_DEPTH, Failure, Fronts, Memo, Result, Stats, explore
 from kvmmu.check.world import CheckConfig, Finding
 
 #: Runs stop at this depth in the local part; the default scenario's runs are 30 to 90 steps.
@@ -63,9 +63,18 @@ class Task:
     preemptions: int
 
 
-Fronts = dict[int, tuple[int, int]]
 #: (statistics so far, batches finished, batches in all)
 BatchProgress = Callable[[Stats, int, int], None]
+
+
+def local_cluster(workers: int) -> Any:
+    """A dask ``LocalCluster`` of ``workers`` single-threaded worker processes that load the
+    protocol from source (:data:`WORKER_ENV`), with no dashboard (nobody asked for one, and
+    port 8787 may belong to another program).  A context manager; ``distributed.Client(it)``."""
+    from distributed import LocalCluster  # heavy: only for a distributed search
+
+    return LocalCluster(n_workers=workers, threads_per_worker=1,  # type: ignore[no-untyped-call]
+                        processes=True, dashboard_address=None, env=dict(WORKER_ENV))
 
 
 @dataclass(frozen=True, slots=True)

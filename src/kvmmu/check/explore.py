@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -128,6 +128,10 @@ class Result:
 Progress = Callable[[Stats], None]
 
 
+#: World -> the fewest preemptions it was explored with from no scheduler context, and from any.
+Fronts = dict[int, tuple[int, int]]
+
+
 @dataclass(slots=True)
 class Memo:
     """What a search learns that a later search of the *same configuration* may use.
@@ -144,7 +148,7 @@ class Memo:
     canon: FrameCanon = field(default_factory=FrameCanon)
     edges: Edges = field(default_factory=Edges)
     checked: set[int] = field(default_factory=set)
-    fronts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    fronts: Fronts = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -296,7 +300,7 @@ def explore(
     # context) -> the fewest preemptions it was explored with from no context, and from any.
     cross = reduce and not depth_is_bound and (bounded or memo is not None)
     wfront = learnt.fronts if cross else {}
-    wconcrete: dict[int, tuple[int, int]] = {} if symmetric else wfront
+    wconcrete: Fronts = {} if symmetric else wfront
     worlds: set[int] = set()
 
     def dominated(world_hash: int, after: int | bool | None, point: tuple[int, int]) -> bool:
@@ -311,6 +315,20 @@ def explore(
             return wf is not None and (wf[0] <= point[0] or wf[1] < point[0])
         return False
 
+    def cut(known: tuple[int, int | bool | None], p: int, depth: int, source: str,
+            schedule: Sequence[int], t: int | None = None) -> bool:
+        """Whether a transition known to lead to ``known`` (world hash, context there), taken
+        with ``p`` preemptions to ``depth`` steps, reaches a state explored with no more: then it
+        is not taken (counted; with ``verify_sleep`` its schedule, ``schedule`` and then ``t``,
+        is replayed at the end to check where it leads)."""
+        if not dominated(known[0], known[1] if bounded else None,
+                         (p, depth if depth_is_bound else 0)):
+            return False
+        stats.sleep_pruned += 1
+        if verify_sleep:
+            checks.append(((*schedule, *(() if t is None else (t,))), known[0], source))
+        return True
+
     deadline = None if time_limit is None else t0 + time_limit
     while stack and failure is None:
         if deadline is not None and time.perf_counter() > deadline:
@@ -320,13 +338,8 @@ def explore(
         if node is not None:
             # Where this alternative leads may have been learnt since it was pushed (the same
             # world stepped by a later run): cut it now rather than replay its prefix to see.
-            t = prefix[-1]
-            known = edges.get_full(node.world_hash, t)
-            if known is not None and dominated(known[0], known[1] if bounded else None,
-                                               (pre, len(prefix) if depth_is_bound else 0)):
-                stats.sleep_pruned += 1
-                if verify_sleep:
-                    checks.append((prefix, known[0], "edge"))
+            known = edges.get_full(node.world_hash, prefix[-1])
+            if known is not None and cut(known, pre, len(prefix), "edge", prefix):
                 continue
         stats.schedules += 1
         run = _Run(World(config), preemptions=pre)
@@ -460,15 +473,10 @@ def explore(
                     source = "sleep"
                     known = (sleeper[3], _context_after(t, sleeper[4]))
                     edges.add(world_hash, t, *known)
-                if known is not None:
-                    # Where t leads is known (the same world stepped before, or a sleep set's
-                    # commuted order): cut it if that state was reached with no more preemptions.
-                    after = known[1] if bounded else None
-                    if dominated(known[0], after, (p, depth + 1 if depth_is_bound else 0)):
-                        stats.sleep_pruned += 1
-                        if verify_sleep:
-                            checks.append(((*run.schedule, t), known[0], source))
-                        continue
+                # Where t leads is known (the same world stepped before, or a sleep set's
+                # commuted order): cut it if that state was reached with no more preemptions.
+                if known is not None and cut(known, p, depth + 1, source, run.schedule, t):
+                    continue
                 if first is None:
                     first = (t, p)
                 else:

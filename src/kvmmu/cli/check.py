@@ -107,13 +107,13 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
                  symmetry: bool, workers: int, scheduler: str | None, prefix_depth: int | None,
                  checkpoint: Path | None, time_limit: float | None,
                  progress: Callable[[Stats, int, int], None]) -> Result:
-    from distributed import Client, LocalCluster  # heavy: only for --distributed
+    from distributed import Client  # heavy: only for --distributed
 
     from kvmmu.check.distributed import (
         DEFAULT_PREFIX_DEPTH,
-        WORKER_ENV,
         explore_distributed,
         load_checkpoint,
+        local_cluster,
     )
     from kvmmu.report.atomic import OutputError, atomic_write_text, check_output_file
 
@@ -140,9 +140,7 @@ def _distributed(config: CheckConfig, bound: int | None, max_depth: int, reduce:
             client = Client(scheduler, timeout=10)  # type: ignore[no-untyped-call]
             cluster = None
         else:
-            cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                env=dict(WORKER_ENV))
+            cluster = local_cluster(workers)
             client = Client(cluster)  # type: ignore[no-untyped-call]
     except OSError as exc:
         raise InputError(f"--scheduler {scheduler}: {exc}") from None

@@ -25,6 +25,17 @@ from kvmmu.check.world import CheckConfig, World
 from kvmmu.mmu.invalidation import STRATEGIES
 
 
+def _step_and_check(keyer: Keyer, world: World, t: int) -> None:
+    """Step thread ``t``, then hold the incremental key to the one computed from scratch."""
+    keyer.ran(t)
+    world.step(t)
+    parts = keyer.shared.components()
+    assert parts == scratch_components(world)
+    m = keyer.token(parts)
+    for i, thread in enumerate(world.threads):
+        assert keyer.threads.thread_hash(i, m) == scratch_thread_hash(thread)
+
+
 @pytest.mark.parametrize("strategy", [*STRATEGIES, "generation+no-wrap-zap", "generation@tdp"])
 def test_the_incremental_key_equals_the_key_from_scratch_on_random_runs(strategy: str) -> None:
     rng = random.Random(strategy)
@@ -38,15 +49,8 @@ def test_the_incremental_key_equals_the_key_from_scratch_on_random_runs(strategy
             world = World(config)
             keyer = Keyer(world, canon)
             while not world.all_done() and world.enabled_threads():
-                t = rng.choice(world.enabled_threads())
-                keyer.ran(t)
-                world.step(t)
+                _step_and_check(keyer, world, rng.choice(world.enabled_threads()))
                 steps += 1
-                parts = keyer.shared.components()
-                assert parts == scratch_components(world)
-                m = keyer.token(parts)
-                for i, thread in enumerate(world.threads):
-                    assert keyer.threads.thread_hash(i, m) == scratch_thread_hash(thread)
     assert steps > 500
 
 
@@ -149,14 +153,7 @@ def test_a_replayed_world_adopting_the_seeds_hashes_as_from_scratch() -> None:
         for _ in range(15):
             if replayed.all_done() or not replayed.enabled_threads():
                 break
-            t = rng.choice(replayed.enabled_threads())
-            again.ran(t)
-            replayed.step(t)
-            parts = again.shared.components()
-            assert parts == scratch_components(replayed)
-            m = again.token(parts)
-            for i, thread in enumerate(replayed.threads):
-                assert again.threads.thread_hash(i, m) == scratch_thread_hash(thread)
+            _step_and_check(again, replayed, rng.choice(replayed.enabled_threads()))
     assert adopted > 10
 
 
